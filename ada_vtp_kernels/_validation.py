@@ -1,0 +1,130 @@
+"""Argument checks shared by the Python backends (reference, Triton launchers).
+
+The C++ op repeats the same checks with the same messages (csrc/cpu/checks.cpp), because it can
+be called directly as ``torch.ops.ada_vtp.*``.  Every failure is a ``ValueError`` that names the
+argument, the bad value and what was expected.
+"""
+
+import math
+
+import torch
+
+from . import defaults
+
+FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _fail(msg: str):
+    raise ValueError(msg)
+
+
+def check_features(features) -> None:
+    if not isinstance(features, torch.Tensor):
+        _fail(f"features must be a torch.Tensor [B, N, D], got {type(features).__name__}")
+    if features.dim() != 3:
+        _fail(f"features must have shape [B, N, D], got {features.dim()} dims {tuple(features.shape)}")
+    if features.dtype not in FEATURE_DTYPES:
+        _fail(f"features must be float32, float16 or bfloat16, got {features.dtype}")
+    if features.numel() == 0:
+        _fail(f"features must be non-empty, got shape {tuple(features.shape)}")
+
+
+def check_lengths(lengths, batch: int, n: int, device) -> torch.Tensor:
+    """Returns lengths as an int64 CPU tensor [B] (N for every row when None)."""
+    if lengths is None:
+        return torch.full((batch,), n, dtype=torch.int64)
+    if not isinstance(lengths, torch.Tensor):
+        _fail(f"lengths must be an integer torch.Tensor [B], got {type(lengths).__name__}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        _fail(f"lengths must have an integer dtype, got {lengths.dtype}")
+    if lengths.shape != (batch,):
+        _fail(f"lengths must have shape [B]=[{batch}], got {tuple(lengths.shape)}")
+    if lengths.device != device:
+        _fail(f"lengths is on {lengths.device} but features is on {device}")
+    lengths = lengths.to("cpu", torch.int64)
+    bad = ((lengths < 1) | (lengths > n)).nonzero()
+    if bad.numel():
+        b = int(bad[0, 0])
+        _fail(f"lengths[{b}] = {int(lengths[b])} is outside [1, N={n}]")
+    return lengths
+
+
+def check_row_values(name: str, values, batch: int, n: int, device, lengths: torch.Tensor) -> None:
+    """Checks a [B, N] per-token tensor (scores, relevance): finite and >= 0 on valid tokens."""
+    if not isinstance(values, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor [B, N], got {type(values).__name__}")
+    if values.shape != (batch, n):
+        _fail(f"{name} must have shape [B, N]=[{batch}, {n}], got {tuple(values.shape)}")
+    if not values.dtype.is_floating_point:
+        _fail(f"{name} must have a floating dtype, got {values.dtype}")
+    if values.device != device:
+        _fail(f"{name} is on {values.device} but features is on {device}")
+    for b in range(batch):
+        row = values[b, : int(lengths[b])]
+        if not torch.isfinite(row).all():
+            j = int((~torch.isfinite(row)).nonzero()[0, 0])
+            _fail(f"{name}[{b}, {j}] = {row[j].item()} is not finite")
+        if (row < 0).any():
+            j = int((row < 0).nonzero()[0, 0])
+            _fail(f"{name}[{b}, {j}] = {row[j].item()} is negative; expected values >= 0")
+
+
+def check_finite_features(features: torch.Tensor, lengths: torch.Tensor) -> None:
+    for b in range(features.shape[0]):
+        rows = features[b, : int(lengths[b])]
+        finite = torch.isfinite(rows)
+        if not finite.all():
+            j, d = (int(v) for v in (~finite).nonzero()[0])
+            _fail(f"features[{b}, {j}, {d}] = {rows[j, d].item()} is not finite")
+
+
+def check_keep(keep, n: int, lengths: torch.Tensor) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, int):
+        _fail(f"keep must be an int, got {type(keep).__name__}")
+    shortest = int(lengths.min())
+    if keep < 1 or keep > shortest:
+        where = f"N={n}" if shortest == n else f"the shortest row's length {shortest}"
+        _fail(f"keep = {keep} is outside [1, {where}]")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        _fail(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+
+
+def _check_range(name: str, value, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        lo_txt = f"> {lo}" if lo_open else f">= {lo}"
+        hi_txt = "" if hi == math.inf else f" and <= {hi}"
+        _fail(f"{name} = {value!r}; expected a finite number {lo_txt}{hi_txt}")
+
+
+def check_params(p: dict) -> None:
+    _check_choice("method", p["method"], defaults.METHODS)
+    _check_choice("complexity", p["complexity"], defaults.COMPLEXITIES)
+    _check_choice("erank_method", p["erank_method"], defaults.ERANK_METHODS)
+    _check_range("important_ratio", p["important_ratio"], 0.0, 1.0)
+    _check_range("attention_ratio", p["attention_ratio"], 0.0, 1.0)
+    _check_range("gain", p["gain"], -math.inf)
+    _check_range("erank_ref", p["erank_ref"], 0.0, lo_open=True)
+    _check_range("entropy_ref", p["entropy_ref"], 0.0, lo_open=True)
+    _check_range("tau_max", p["tau_max"], 0.0)
+    _check_range("tau_scale", p["tau_scale"], 0.0)
+
+
+def check_prune_inputs(features, scores, keep, lengths, relevance, params: dict) -> torch.Tensor:
+    """All checks of `prune`; returns the lengths as an int64 CPU tensor [B]."""
+    check_params(params)
+    check_features(features)
+    batch, n, _ = features.shape
+    lengths = check_lengths(lengths, batch, n, features.device)
+    check_keep(keep, n, lengths)
+    check_row_values("scores", scores, batch, n, features.device, lengths)
+    if relevance is not None:
+        if params["method"] != "dpp":
+            _fail(f"relevance is only used by method='dpp', got method={params['method']!r}")
+        check_row_values("relevance", relevance, batch, n, features.device, lengths)
+    check_finite_features(features, lengths)
+    return lengths

@@ -1,0 +1,50 @@
+"""Default parameters of the selection methods, shared by every backend.
+
+The C++ schema (csrc/torch_bindings.cpp) repeats these literals as its argument defaults;
+tests/test_ops.py checks that the two agree.
+
+Calibration: AgilePruner does not publish `erank_ref` or `tau_max`.  The values below were
+measured on real encoder features, the eight DINOv2 ViT-S/14 photos of shared/golden
+(layer -2, 576 tokens at 336 px, 384 channels):
+
+- ``ERANK_REF = 90.0``: their exact erank spans 68.8 (moon) to 111.7 (cat; chelsea is the
+  same photo), mean 89.8.  erank_ref is "the complexity of a typical image", so the round
+  number at the mean makes ``c = erank / erank_ref`` about 1 for an average photo, below 1 for
+  simple ones, above 1 for cluttered ones.
+- ``ENTROPY_REF = 5.75``: the [CLS] attention entropy of the same photos, 5.11 to 6.19 nats,
+  mean 5.75 (ln 576 = 6.36 would be uniform attention).
+- ``TAU_MAX = 0.2``: the suppression radius grows as ``r * c * 0.01`` along the score order,
+  reaching the cap around rank 20 for an average image.  With K=64 and tau_max 0.2 the score
+  order supplies all 64 tokens on 3 of the 8 photos and runs out after 18 to 61 selections on
+  the others, so suppression and the max-min fill both shape the result; at 0.1 the order runs
+  out on 2 photos only (the selection stays close to attention), at 0.4 and above on all of
+  them after 14 to 32 selections (the fill dominates).  Reproduce with
+  ``benchmarks/calibrate_defaults.py``.
+- ``MIX_ATTENTION_RATIO = 0.5``, ``MIX_GAIN = 0.5``: at ``erank == erank_ref`` mix_adaptive
+  keeps half attention and half diverse tokens (the paper's balanced mix); an image at half the
+  reference erank gets 75 % attention tokens, one at 1.5x gets 25 %, one at 3x or more gets
+  pure diversity (the clamp).
+
+`ada-vtp calibrate` (the real-data issue) recomputes ERANK_REF and ENTROPY_REF for another
+encoder; pass its values as ``erank_ref=`` / ``entropy_ref=``.
+"""
+
+IMPORTANT_RATIO = 0.5
+MIX_ATTENTION_RATIO = 0.5
+MIX_GAIN = 0.5
+ERANK_REF = 90.0
+ENTROPY_REF = 5.75
+TAU_MAX = 0.2
+TAU_SCALE = 0.01
+COMPLEXITY = "erank"
+ERANK_METHOD = "exact"
+
+METHODS = ("attention", "divprune", "dpp", "vispruner", "mix", "mix_adaptive", "agile")
+COMPLEXITIES = ("erank", "entropy")
+ERANK_METHODS = ("exact",)
+
+# numerical constants of DESIGN.md
+NORM_EPS = 1e-6
+DISTANCE_SNAP = 1e-6
+DPP_STOP = 1e-6
+VISPRUNER_ROUND = 8

@@ -1,0 +1,49 @@
+"""Registration glue for the `torch.ops.ada_vtp` ops.
+
+The schemas and the CPU kernels live in the compiled extension (csrc/torch_bindings.cpp,
+loaded as ``ada_vtp_kernels._C`` by ``__init__``).  This module adds what only Python can:
+the fake (meta) kernels used by FakeTensor, torch.compile and torch.export, and a clear error
+when the extension is missing.  The CUDA kernels (Triton launchers) are registered here too
+once they land.
+"""
+
+import torch
+
+BUILD_HINT = (
+    "the ada_vtp C++ extension (ada_vtp_kernels._C) is not built; build it with "
+    "`pip install -e . --no-build-isolation` in the repository root (it needs the torch you run "
+    "with, a C++17 compiler and ninja), or pass backend='reference' to use the pure-PyTorch path"
+)
+
+
+def extension_loaded() -> bool:
+    return hasattr(torch.ops, "ada_vtp") and hasattr(torch.ops.ada_vtp, "prune")
+
+
+def require_extension() -> None:
+    if not extension_loaded():
+        raise RuntimeError(BUILD_HINT)
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("ada_vtp::prune")
+    def _prune_fake(features, scores, keep, method="agile", lengths=None, relevance=None,
+                    important_ratio=0.0, attention_ratio=0.0, gain=0.0, erank_ref=1.0,
+                    entropy_ref=1.0, tau_max=0.0, tau_scale=0.0, complexity="erank",
+                    erank_method="exact", compute_erank=False):
+        batch = features.shape[0]
+        indices = features.new_empty((batch, keep), dtype=torch.int64)
+        stats = features.new_empty((batch,), dtype=torch.float32)
+        return indices, stats, torch.empty_like(stats)
+
+    @torch.library.register_fake("ada_vtp::erank")
+    def _erank_fake(features, lengths=None, method="exact"):
+        return features.new_empty((features.shape[0],), dtype=torch.float32)
+
+    @torch.library.register_fake("ada_vtp::attention_entropy")
+    def _attention_entropy_fake(scores, lengths=None):
+        return scores.new_empty((scores.shape[0],), dtype=torch.float32)
+
+
+if extension_loaded():
+    _register_fakes()

@@ -1,0 +1,383 @@
+"""Pure-PyTorch reference of every statistic and selection method: the specification in code.
+
+Every backend (C++ CPU op, Triton) must return the indices this module returns.  It follows
+shared/DESIGN.md rule by rule and favours clarity over speed: one image at a time, Python loops.
+Tests and benchmarks import it; nothing else re-implements it.
+
+Numerical conventions (what makes the backends agree bit for bit on exact inputs):
+
+- Each image's valid rows are upcast to fp32 and multiplied by ``2**-e``, ``e`` the binary
+  exponent of their largest magnitude (`_rescale`).  A power of two is exact, so every result is
+  invariant to the features' scale and 1e-30 or 1e30 neither underflow nor overflow.
+- Cosine similarity is ``S(i, j) = clamp(xn_i . xn_j, -1, 1)`` with ``xn_i = x_i / max(||x_i||, 1e-6)``
+  (fp32, the norm as `torch.linalg.vector_norm` computes it), ``xn`` times ``xnᵀ`` one fp32 matrix product, as the
+  peers' own code computes it: VisPruner's rounds then reproduce its official selections.
+  Distance ``d = 1 - S`` with ``d < 1e-6`` snapped to 0 (duplicates are exact ties); every
+  method uses ``d`` and ``S = 1 - d``.  The diagonal is set, not computed: ``d(i, i) = 0``, or
+  1 for a row whose norm is below the clamp (a zero row is dissimilar to everything).  ``d(i, .)`` is row ``i``: the row of the selected or
+  visited token.  Rows whose norm is a power of two and whose products are exact in fp32
+  (entries in {-1, 0, 1}, 4**m non-zeros) give bit-identical distances on every backend; on
+  other inputs backends agree to fp32 rounding of the product's summation order.
+- The DPP greedy state is fp64; thresholds (tau, ratios) are fp64 Python floats.
+- Every ordering is a stable sort and every argmax takes the lowest index.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from . import _validation, defaults
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+def _rescale(x: torch.Tensor) -> torch.Tensor:
+    """[n, D] any float -> [n, D] fp32, multiplied by the power of two that brings max|x| into [0.5, 1)."""
+    x64 = x.to(torch.float64)
+    amax = x64.abs().max()
+    if amax == 0:
+        return x64.to(torch.float32)
+    _, exponent = torch.frexp(amax)
+    return (x64 * 2.0 ** (-int(exponent))).to(torch.float32)
+
+
+def attention_entropy_one(scores: torch.Tensor) -> float:
+    """Entropy in nats of one image's valid scores [n]; all-zero scores count as uniform."""
+    s = scores.to(torch.float64)
+    total = s.sum()
+    if total == 0:
+        return math.log(s.numel())
+    p = s / total
+    return float(-torch.xlogy(p, p).sum())
+
+
+def erank_one(xs: torch.Tensor) -> float:
+    """Exact effective rank of one image's rescaled fp32 rows [n, D] (fp64 symmetric eigensolver)."""
+    x = xs.to(torch.float64)
+    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+    total = sigma.sum()
+    if total == 0:
+        return 0.0
+    q = sigma / total
+    return float(torch.exp(-torch.xlogy(q, q).sum()))
+
+
+def attention_entropy_ref(scores: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention entropy H = -sum p ln p, p = s / sum s over the valid tokens.
+
+    Args:
+        scores: [B, N] non-negative.
+        lengths: [B] int, optional.
+    Returns:
+        [B] float32, nats.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.numel() == 0:
+        _validation._fail(f"scores must be a non-empty tensor [B, N], got {getattr(scores, 'shape', scores)}")
+    batch, n = scores.shape
+    lengths = _validation.check_lengths(lengths, batch, n, scores.device)
+    _validation.check_row_values("scores", scores, batch, n, scores.device, lengths)
+    out = [attention_entropy_one(scores[b, : int(lengths[b])]) for b in range(batch)]
+    return torch.tensor(out, dtype=torch.float32, device=scores.device)
+
+
+def erank_ref(features: torch.Tensor, lengths: torch.Tensor | None = None, method: str = "exact") -> torch.Tensor:
+    """Effective rank (Roy & Vetterli 2007) of each image's valid tokens, uncentred.
+
+    sigma = sqrt(max(eig(G), 0)) with G the smaller of X Xᵀ and Xᵀ X; q = sigma / sum sigma;
+    erank = exp(-sum q ln q).  A zero matrix has erank 0.
+
+    Args:
+        features: [B, N, D] float32/float16/bfloat16.
+        lengths: [B] int, optional.
+        method: "exact".
+    Returns:
+        [B] float32.
+    """
+    _validation._check_choice("erank method", method, defaults.ERANK_METHODS)
+    _validation.check_features(features)
+    batch, n, _ = features.shape
+    lengths = _validation.check_lengths(lengths, batch, n, features.device)
+    _validation.check_finite_features(features, lengths)
+    out = [erank_one(_rescale(features[b, : int(lengths[b])])) for b in range(batch)]
+    return torch.tensor(out, dtype=torch.float32, device=features.device)
+
+
+# --------------------------------------------------------------------------------------------
+# similarity
+
+
+def cosine_distance(xs: torch.Tensor) -> torch.Tensor:
+    """Snapped cosine distance [n, n] fp32 of rescaled fp32 rows [n, D] (see the module docstring)."""
+    norms = torch.linalg.vector_norm(xs, dim=-1)
+    xn = xs / norms.clamp_min(defaults.NORM_EPS)[:, None]
+    sim = (xn @ xn.T).clamp(-1.0, 1.0)
+    dist = 1.0 - sim
+    dist = torch.where(dist < defaults.DISTANCE_SNAP, torch.zeros_like(dist), dist)
+    # self-distance is set, not computed: 0 for a real token, 1 for one below the norm clamp
+    # (like a zero row), so no method's pick can be decided by the rounding of x_i . x_i
+    dist.diagonal().copy_((norms < defaults.NORM_EPS).to(dist.dtype))
+    return dist
+
+
+def _argmax_lowest(values: torch.Tensor) -> int:
+    """Index of the largest value, the lowest index among equals (torch.argmax's documented rule)."""
+    return int(torch.argmax(values))
+
+
+def score_order(scores: torch.Tensor) -> torch.Tensor:
+    """Token indices in descending score order; equal scores keep ascending index (stable)."""
+    return torch.sort(scores.to(torch.float32), descending=True, stable=True).indices
+
+
+# --------------------------------------------------------------------------------------------
+# selection methods, one image: n valid tokens, returns a list of k token indices (any order)
+
+
+def select_attention(scores: torch.Tensor, k: int) -> list[int]:
+    """FasterVLM: the k highest scores."""
+    return score_order(scores)[:k].tolist()
+
+
+def select_maxmin(dist: torch.Tensor, k: int, selected: list[int]) -> list[int]:
+    """Max-min diversity (DivPrune), continued from `selected` (may be empty) up to k tokens.
+
+    With nothing selected the first pick is argmax_i min_{j != i} d(i, j) (a lone token is
+    picked as is); then the unselected token with the largest running minimum distance to the
+    selected set, which is updated with the new token's row.
+    """
+    n = dist.shape[0]
+    selected = list(selected)
+    if len(selected) >= k:
+        return selected
+    if not selected:
+        if n == 1:
+            selected = [0]
+        else:
+            off_diag = dist.clone()
+            off_diag.fill_diagonal_(math.inf)
+            selected = [_argmax_lowest(off_diag.min(dim=1).values)]
+    min_dist = dist[selected].min(dim=0).values
+    taken = torch.zeros(n, dtype=torch.bool)
+    taken[selected] = True
+    while len(selected) < k:
+        j = _argmax_lowest(torch.where(taken, -math.inf, min_dist))
+        selected.append(j)
+        taken[j] = True
+        min_dist = torch.minimum(min_dist, dist[j])
+    return selected
+
+
+def select_dpp(dist: torch.Tensor, relevance: torch.Tensor, k: int) -> list[int]:
+    """CDPruner: greedy MAP of the DPP with kernel L = diag(r) S diag(r) (Chen et al. 2018), fp64.
+
+    d2 = diag(L); pick j = argmax d2 among the unselected; e = (L[j] - sum_t c_t[j] c_t) / sqrt(d2[j]);
+    d2 -= e^2.  Once the largest remaining d2 <= 1e-6 * max(diag L) the kernel's rank is spent:
+    the rest are the unselected tokens of highest relevance.
+    """
+    n = dist.shape[0]
+    r = relevance.to(torch.float64)
+    sim = (1.0 - dist).to(torch.float64)
+    kernel = (r[:, None] * sim) * r[None, :]
+    d2 = kernel.diagonal().clone()
+    stop = defaults.DPP_STOP * float(d2.max())
+    c = torch.zeros(k, n, dtype=torch.float64)
+    taken = torch.zeros(n, dtype=torch.bool)
+    selected: list[int] = []
+    for t in range(k):
+        candidates = torch.where(taken, -math.inf, d2)
+        j = _argmax_lowest(candidates)
+        if float(candidates[j]) <= stop:
+            rest = [i for i in score_order(relevance).tolist() if not taken[i]]
+            return selected + rest[: k - t]
+        e = kernel[j].clone()
+        for s in range(t):
+            e = e - c[s, j] * c[s]
+        e = e / math.sqrt(float(d2[j]))
+        c[t] = e
+        d2 = d2 - e * e
+        selected.append(j)
+        taken[j] = True
+    return selected
+
+
+def select_vispruner(dist: torch.Tensor, scores: torch.Tensor, k: int, important_ratio: float) -> list[int]:
+    """VisPruner: floor(k * important_ratio) highest scores, then the rest deduplicated in rounds.
+
+    R = the remaining tokens in descending score order.  While |R| > k - k_imp:
+    r = min(8, |R| - (k - k_imp)); A = R[0::2], B = R[1::2]; s_a = max_b S(a, b) (-inf when B is
+    empty); the min(r, |A|) members of A with the largest s_a are dropped (stable);
+    R = (the rest of A, by descending s_a, stable) + B.
+    """
+    order = score_order(scores).tolist()
+    k_imp = math.floor(k * important_ratio)
+    important, rest = order[:k_imp], order[k_imp:]
+    target = k - k_imp
+    sim = 1.0 - dist
+    while len(rest) > target:
+        r = min(defaults.VISPRUNER_ROUND, len(rest) - target)
+        a, b = rest[0::2], rest[1::2]
+        if b:
+            s_a = sim[a][:, b].max(dim=1).values
+        else:
+            s_a = torch.full((len(a),), -math.inf)
+        by_similarity = torch.sort(s_a, descending=True, stable=True).indices.tolist()
+        kept_a = [a[i] for i in by_similarity[min(r, len(a)):]]
+        rest = kept_a + b
+    return important + rest
+
+
+def mix_attention_count(k: int, attention_ratio: float) -> int:
+    """round(k * attention_ratio), halves up: how many tokens `mix` takes by attention before
+    continuing with max-min diversity from them (ratio 0 is `divprune`, 1 is `attention`)."""
+    return math.floor(k * attention_ratio + 0.5)
+
+
+def adaptive_attention_ratio(erank: float, attention_ratio: float, gain: float, erank_ref: float) -> float:
+    """mix_adaptive: clamp(attention_ratio + gain * (1 - erank / erank_ref), 0, 1)."""
+    return min(max(attention_ratio + gain * (1.0 - erank / erank_ref), 0.0), 1.0)
+
+
+def agile_complexity(erank: float, entropy: float, p: dict) -> float:
+    """c of AgilePruner: erank / erank_ref or entropy / entropy_ref."""
+    if p["complexity"] == "erank":
+        return erank / p["erank_ref"]
+    return entropy / p["entropy_ref"]
+
+
+def agile_threshold(rank: int, complexity: float, tau_scale: float, tau_max: float) -> float:
+    """tau_r = min(r * c * tau_scale, tau_max), r the 1-based rank in the score order."""
+    return min(rank * complexity * tau_scale, tau_max)
+
+
+def select_agile(dist: torch.Tensor, scores: torch.Tensor, k: int, complexity: float,
+                 tau_scale: float, tau_max: float) -> list[int]:
+    """AgilePruner: attention-ordered suppression with a rank- and complexity-dependent radius.
+
+    Visit tokens in descending score order (rank r = 1, 2, ...); a token not yet suppressed is
+    selected and suppresses every token j with d(i, j) < tau_r.  Stops at k; if the order runs
+    out first, the rest comes from max-min diversity continued from the selected set.
+    """
+    n = dist.shape[0]
+    suppressed = torch.zeros(n, dtype=torch.bool)
+    selected: list[int] = []
+    for rank, i in enumerate(score_order(scores).tolist(), start=1):
+        if len(selected) == k:
+            break
+        if suppressed[i]:
+            continue
+        selected.append(i)
+        tau = agile_threshold(rank, complexity, tau_scale, tau_max)
+        suppressed |= dist[i].to(torch.float64) < tau
+    return select_maxmin(dist, k, selected)
+
+
+# --------------------------------------------------------------------------------------------
+# prune
+
+
+class PruneResult(NamedTuple):
+    """What `prune` returns, on every backend.
+
+    indices: [B, K] int64, ascending token indices.
+    erank: [B] float32, the erank of each image's valid tokens; NaN where it was not computed
+        (methods that do not need it, unless ``compute_erank=True``).
+    entropy: [B] float32, the attention entropy of each image's valid scores, nats.
+    """
+
+    indices: torch.Tensor
+    erank: torch.Tensor
+    entropy: torch.Tensor
+
+
+def default_params(**overrides) -> dict:
+    """Every method parameter with its default, overridden by `overrides` (unknown names rejected)."""
+    p = dict(
+        method="agile",
+        important_ratio=defaults.IMPORTANT_RATIO,
+        attention_ratio=defaults.MIX_ATTENTION_RATIO,
+        gain=defaults.MIX_GAIN,
+        erank_ref=defaults.ERANK_REF,
+        entropy_ref=defaults.ENTROPY_REF,
+        tau_max=defaults.TAU_MAX,
+        tau_scale=defaults.TAU_SCALE,
+        complexity=defaults.COMPLEXITY,
+        erank_method=defaults.ERANK_METHOD,
+        compute_erank=False,
+    )
+    unknown = set(overrides) - set(p)
+    if unknown:
+        _validation._fail(f"unknown parameter(s) {sorted(unknown)}; expected some of {sorted(p)}")
+    p.update(overrides)
+    return p
+
+
+def needs_erank(method: str, complexity: str) -> bool:
+    """Whether the method's selection depends on the image's erank."""
+    return method == "mix_adaptive" or (method == "agile" and complexity == "erank")
+
+
+def prune_one(features: torch.Tensor, scores: torch.Tensor, relevance: torch.Tensor | None, k: int,
+              p: dict) -> tuple[list[int], float, float]:
+    """One image's valid tokens: features [n, D], scores [n], relevance [n] or None -> (indices, erank, entropy)."""
+    method = p["method"]
+    xs = _rescale(features)
+    entropy = attention_entropy_one(scores)
+    erank = erank_one(xs) if (p["compute_erank"] or needs_erank(method, p["complexity"])) else math.nan
+    scores = scores.to(torch.float32)
+    if method == "attention":
+        chosen = select_attention(scores, k)
+    elif method in ("mix", "mix_adaptive"):
+        ratio = p["attention_ratio"]
+        if method == "mix_adaptive":
+            ratio = adaptive_attention_ratio(erank, ratio, p["gain"], p["erank_ref"])
+        top = select_attention(scores, mix_attention_count(k, ratio))
+        chosen = top if len(top) == k else select_maxmin(cosine_distance(xs), k, top)
+    elif method == "divprune":
+        chosen = select_maxmin(cosine_distance(xs), k, [])
+    elif method == "dpp":
+        r = torch.ones_like(scores) if relevance is None else relevance.to(torch.float32)
+        chosen = select_dpp(cosine_distance(xs), r, k)
+    elif method == "vispruner":
+        chosen = select_vispruner(cosine_distance(xs), scores, k, p["important_ratio"])
+    else:  # agile
+        c = agile_complexity(erank, entropy, p)
+        chosen = select_agile(cosine_distance(xs), scores, k, c, p["tau_scale"], p["tau_max"])
+    return sorted(chosen), erank, entropy
+
+
+def prune_ref(features: torch.Tensor, scores: torch.Tensor, keep: int, method: str = "agile",
+              lengths: torch.Tensor | None = None, relevance: torch.Tensor | None = None,
+              **params) -> PruneResult:
+    """Reference `prune`: select `keep` of N visual tokens per image.
+
+    Args:
+        features: [B, N, D] float32/float16/bfloat16, any strides.
+        scores: [B, N] non-negative (e.g. [CLS] attention).
+        keep: K, 1 <= K <= every row's length.
+        method: one of defaults.METHODS.
+        lengths: [B] int, optional: valid tokens per row.
+        relevance: [B, N] non-negative, optional, `dpp` only (default all ones).
+        **params: important_ratio, attention_ratio, gain, erank_ref, entropy_ref, tau_max,
+            tau_scale, complexity, erank_method, compute_erank (see functional.prune).
+    Returns:
+        PruneResult(indices [B, K] int64 ascending, erank [B] float32, entropy [B] float32).
+    """
+    p = default_params(method=method, **params)
+    lengths = _validation.check_prune_inputs(features, scores, keep, lengths, relevance, p)
+    rows, eranks, entropies = [], [], []
+    for b in range(features.shape[0]):
+        n = int(lengths[b])
+        rel = None if relevance is None else relevance[b, :n].cpu()
+        idx, er, h = prune_one(features[b, :n].cpu(), scores[b, :n].cpu(), rel, keep, p)
+        rows.append(idx)
+        eranks.append(er)
+        entropies.append(h)
+    device = features.device
+    return PruneResult(
+        torch.tensor(rows, dtype=torch.int64, device=device).reshape(-1, keep),
+        torch.tensor(eranks, dtype=torch.float32, device=device),
+        torch.tensor(entropies, dtype=torch.float32, device=device),
+    )

@@ -1,0 +1,93 @@
+#include "image.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace ada_vtp::cpu {
+namespace {
+
+constexpr float kNormEps = 1e-6f;
+constexpr float kDistanceSnap = 1e-6f;
+
+}  // namespace
+
+at::Tensor rescale(const at::Tensor& x) {
+  auto xf = x.to(at::kFloat).contiguous();  // fp16/bf16 -> fp32 is exact
+  const float* src = xf.data_ptr<float>();
+  const int64_t count = xf.numel();
+  float amax = 0.0f;
+  for (int64_t i = 0; i < count; ++i) amax = std::max(amax, std::fabs(src[i]));
+  auto out = at::empty_like(xf);
+  float* dst = out.data_ptr<float>();
+  if (amax == 0.0f) {
+    std::copy(src, src + count, dst);
+    return out;
+  }
+  int exponent = 0;
+  std::frexp(static_cast<double>(amax), &exponent);
+  // 2^-e can leave float's range for subnormal inputs: scale in double, round once
+  const double scale = std::ldexp(1.0, -exponent);
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(static_cast<double>(src[i]) * scale);
+  return out;
+}
+
+double attention_entropy_one(const at::Tensor& scores) {
+  // the same ATen ops as reference.attention_entropy_one, so both round identically
+  auto s = scores.to(at::kDouble);
+  auto total = s.sum();
+  if (total.item<double>() == 0.0) return std::log(static_cast<double>(s.numel()));
+  auto p = s / total;
+  return -at::xlogy(p, p).sum().item<double>();
+}
+
+double erank_one(const at::Tensor& xs) {
+  auto x = xs.to(at::kDouble);
+  auto gram = x.size(0) <= x.size(1) ? at::mm(x, x.t()) : at::mm(x.t(), x);
+  auto sigma = at::linalg_eigvalsh(gram).clamp_min(0).sqrt();
+  auto total = sigma.sum();
+  if (total.item<double>() == 0.0) return 0.0;
+  auto q = sigma / total;
+  return at::exp(-at::xlogy(q, q).sum()).item<double>();
+}
+
+Distances::Distances(const at::Tensor& xs, bool full_gram, int64_t max_rows) : n_(xs.size(0)) {
+  auto norms = at::linalg_vector_norm(xs, 2, {-1});
+  xn_ = (xs / norms.clamp_min(kNormEps).unsqueeze(1)).contiguous();
+  tiny_.resize(n_);
+  const float* nrm = norms.data_ptr<float>();
+  for (int64_t i = 0; i < n_; ++i) tiny_[i] = nrm[i] < kNormEps;
+  if (full_gram) {
+    full_ = at::mm(xn_, xn_.t()).contiguous();
+    float* d = full_.data_ptr<float>();
+    for (int64_t i = 0; i < n_; ++i) snap_row(d + i * n_, i);
+  } else {
+    slot_.assign(n_, -1);
+    rows_.resize(static_cast<size_t>(max_rows) * n_);
+  }
+}
+
+void Distances::snap_row(float* row, int64_t i) const {
+  // similarities in, snapped distances out (reference.cosine_distance, element for element)
+  for (int64_t j = 0; j < n_; ++j) {
+    float s = std::min(std::max(row[j], -1.0f), 1.0f);
+    float d = 1.0f - s;
+    row[j] = d < kDistanceSnap ? 0.0f : d;
+  }
+  row[i] = self_distance(i);
+}
+
+const float* Distances::row(int64_t i) {
+  if (full_.defined()) return full_.data_ptr<float>() + i * n_;
+  if (slot_[i] >= 0) return rows_.data() + slot_[i] * n_;
+  TORCH_CHECK(static_cast<size_t>((used_ + 1) * n_) <= rows_.size(), "ada_vtp: distance row cache overflow");
+  float* dst = rows_.data() + used_ * n_;
+  auto out = at::from_blob(dst, {n_}, at::TensorOptions().dtype(at::kFloat));
+  at::mv_out(out, xn_, xn_[i]);
+  snap_row(dst, i);
+  slot_[i] = used_++;
+  return dst;
+}
+
+}  // namespace ada_vtp::cpu

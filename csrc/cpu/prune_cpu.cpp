@@ -1,0 +1,149 @@
+// CPU kernels of ada_vtp::prune, ::erank and ::attention_entropy: checks, then one task per
+// image (at::parallel_for over the batch): statistics, distances, greedy selection.
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "../ops.h"
+#include "checks.h"
+#include "image.h"
+#include "select.h"
+
+namespace ada_vtp {
+namespace {
+
+using cpu::Distances;
+
+// A matrix-vector product runs about 8x below a matrix product's throughput here (measured:
+// 576 x 1024 fp32, 64 rows one by one 5.1 ms, the whole 576 x 576 Gram 6.2 ms), so once K
+// rows cost more than the Gram, the Gram serves them.
+constexpr int64_t kRowVsGramCost = 8;
+
+bool needs_erank(const PruneParams& p) {
+  return p.compute_erank || p.method == "mix_adaptive" || (p.method == "agile" && p.complexity == "erank");
+}
+
+int64_t mix_attention_count(int64_t k, double ratio) {
+  return static_cast<int64_t>(std::floor(static_cast<double>(k) * ratio + 0.5));
+}
+
+// The k selected tokens of one image (any order) from its valid rows.
+std::vector<int64_t> select_one(const PruneParams& p, const at::Tensor& xs, const float* scores,
+                                const float* relevance, int64_t k, double erank, double entropy) {
+  const int64_t n = xs.size(0);
+  const bool rows_cheaper = kRowVsGramCost * k < n;
+  auto order = cpu::score_order(scores, n);
+  if (p.method == "attention") return {order.begin(), order.begin() + k};
+  if (p.method == "mix" || p.method == "mix_adaptive") {
+    double ratio = p.attention_ratio;
+    if (p.method == "mix_adaptive") {
+      ratio = std::min(std::max(ratio + p.gain * (1.0 - erank / p.erank_ref), 0.0), 1.0);
+    }
+    const int64_t k_att = mix_attention_count(k, ratio);
+    std::vector<int64_t> top(order.begin(), order.begin() + k_att);
+    if (k_att == k) return top;
+    // with no attention token the first pick compares all pairs
+    Distances dist(xs, k_att == 0 || !rows_cheaper, k);
+    return cpu::select_maxmin(dist, k, std::move(top));
+  }
+  if (p.method == "divprune") {
+    Distances dist(xs, /*full_gram=*/true, 0);
+    return cpu::select_maxmin(dist, k, {});
+  }
+  if (p.method == "vispruner") {
+    Distances dist(xs, /*full_gram=*/true, 0);
+    return cpu::select_vispruner(dist, order, k, p.important_ratio);
+  }
+  Distances dist(xs, !rows_cheaper, k);
+  if (p.method == "dpp") {
+    std::vector<float> ones;
+    if (relevance == nullptr) {
+      ones.assign(n, 1.0f);
+      relevance = ones.data();
+    }
+    return cpu::select_dpp(dist, relevance, k);
+  }
+  const double complexity = p.complexity == "erank" ? erank / p.erank_ref : entropy / p.entropy_ref;
+  return cpu::select_agile(dist, order, k, complexity, p.tau_scale, p.tau_max);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
+    const at::Tensor& features, const at::Tensor& scores, int64_t keep, const std::string& method,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& relevance,
+    double important_ratio, double attention_ratio, double gain, double erank_ref, double entropy_ref,
+    double tau_max, double tau_scale, const std::string& complexity, const std::string& erank_method,
+    bool compute_erank) {
+  const PruneParams p{method,   important_ratio, attention_ratio, gain,       erank_ref,   entropy_ref,
+                      tau_max,  tau_scale,       complexity,      erank_method, compute_erank};
+  cpu::check_params(p);
+  cpu::check_features(features);
+  const int64_t batch = features.size(0), n = features.size(1);
+  auto len = cpu::check_lengths(lengths, batch, n, features.device());
+  cpu::check_keep(keep, n, len);
+  cpu::check_row_values("scores", scores, batch, n, features.device(), len);
+  if (relevance.has_value()) {
+    TORCH_CHECK_VALUE(method == "dpp", "relevance is only used by method='dpp', got method='", method, "'");
+    cpu::check_row_values("relevance", *relevance, batch, n, features.device(), len);
+  }
+  cpu::check_finite_features(features, len);
+
+  auto scores32 = scores.to(at::kFloat).contiguous();
+  at::Tensor relevance32;
+  if (relevance.has_value()) relevance32 = relevance->to(at::kFloat).contiguous();
+  auto indices = at::empty({batch, keep}, features.options().dtype(at::kLong));
+  auto erank_out = at::full({batch}, std::numeric_limits<float>::quiet_NaN(), features.options().dtype(at::kFloat));
+  auto entropy_out = at::empty({batch}, features.options().dtype(at::kFloat));
+  const bool with_erank = needs_erank(p);
+
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t nb = len[b];
+      const float* s = scores32.data_ptr<float>() + b * n;
+      const float* r = relevance32.defined() ? relevance32.data_ptr<float>() + b * n : nullptr;
+      auto xs = cpu::rescale(features[b].narrow(0, 0, nb));
+      const double entropy = cpu::attention_entropy_one(scores32[b].narrow(0, 0, nb));
+      const double erank = with_erank ? cpu::erank_one(xs) : std::numeric_limits<double>::quiet_NaN();
+      auto chosen = select_one(p, xs, s, r, keep, erank, entropy);
+      std::sort(chosen.begin(), chosen.end());
+      std::copy(chosen.begin(), chosen.end(), indices.data_ptr<int64_t>() + b * keep);
+      erank_out.data_ptr<float>()[b] = static_cast<float>(erank);
+      entropy_out.data_ptr<float>()[b] = static_cast<float>(entropy);
+    }
+  });
+  return {indices, erank_out, entropy_out};
+}
+
+at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>& lengths,
+                     const std::string& method) {
+  cpu::check_erank_method(method);
+  cpu::check_features(features);
+  const int64_t batch = features.size(0);
+  auto len = cpu::check_lengths(lengths, batch, features.size(1), features.device());
+  cpu::check_finite_features(features, len);
+  auto out = at::empty({batch}, features.options().dtype(at::kFloat));
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      out.data_ptr<float>()[b] = static_cast<float>(cpu::erank_one(cpu::rescale(features[b].narrow(0, 0, len[b]))));
+    }
+  });
+  return out;
+}
+
+at::Tensor attention_entropy_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& lengths) {
+  TORCH_CHECK_VALUE(scores.dim() == 2 && scores.numel() > 0, "scores must be a non-empty tensor [B, N], got ",
+                    scores.sizes());
+  const int64_t batch = scores.size(0), n = scores.size(1);
+  auto len = cpu::check_lengths(lengths, batch, n, scores.device());
+  cpu::check_row_values("scores", scores, batch, n, scores.device(), len);
+  auto out = at::empty({batch}, scores.options().dtype(at::kFloat));
+  for (int64_t b = 0; b < batch; ++b) {
+    out.data_ptr<float>()[b] = static_cast<float>(cpu::attention_entropy_one(scores[b].narrow(0, 0, len[b])));
+  }
+  return out;
+}
+
+}  // namespace ada_vtp

@@ -1,0 +1,22 @@
+// The one TORCH_LIBRARY block of the package: op schemas (with every method parameter and its
+// default; ada_vtp_kernels/defaults.py holds the same values) and the CPU kernels.
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(ada_vtp, m) {
+  m.def(
+      "prune(Tensor features, Tensor scores, SymInt keep, str method=\"agile\", Tensor? lengths=None, "
+      "Tensor? relevance=None, float important_ratio=0.5, float attention_ratio=0.5, float gain=0.5, "
+      "float erank_ref=90.0, float entropy_ref=5.75, float tau_max=0.2, float tau_scale=0.01, "
+      "str complexity=\"erank\", str erank_method=\"exact\", bool compute_erank=False) "
+      "-> (Tensor indices, Tensor erank, Tensor entropy)");
+  m.def("erank(Tensor features, Tensor? lengths=None, str method=\"exact\") -> Tensor");
+  m.def("attention_entropy(Tensor scores, Tensor? lengths=None) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ada_vtp, CPU, m) {
+  m.impl("prune", &ada_vtp::prune_cpu);
+  m.impl("erank", &ada_vtp::erank_cpu);
+  m.impl("attention_entropy", &ada_vtp::attention_entropy_cpu);
+}
