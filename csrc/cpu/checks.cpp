@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 namespace ada_vtp::cpu {
@@ -111,15 +112,24 @@ void check_row_values(const char* name, const at::Tensor& values, int64_t batch,
   }
 }
 
-void check_finite_features(const at::Tensor& features, const std::vector<int64_t>& lengths) {
-  for (int64_t b = 0; b < features.size(0); ++b) {
+std::vector<double> check_finite_features(const at::Tensor& features, const std::vector<int64_t>& lengths) {
+  const int64_t batch = features.size(0);
+  std::vector<double> amax(batch);
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      // max |x| is NaN or inf exactly when some element is
+      amax[b] = at::linalg_vector_norm(features[b].narrow(0, 0, lengths[b]), INFINITY).item<double>();
+    }
+  });
+  for (int64_t b = 0; b < batch; ++b) {
+    if (std::isfinite(amax[b])) continue;
     auto rows = features[b].narrow(0, 0, lengths[b]);
-    if (at::isfinite(rows).all().item<bool>()) continue;
     auto bad = at::logical_not(at::isfinite(rows)).nonzero()[0];
     int64_t j = bad[0].item<int64_t>(), d = bad[1].item<int64_t>();
     TORCH_CHECK_VALUE(false, "features[", b, ", ", j, ", ", d, "] = ", num_str(rows[j][d].item<double>()),
                       " is not finite");
   }
+  return amax;
 }
 
 void check_keep(int64_t keep, int64_t n, const std::vector<int64_t>& lengths) {

@@ -19,7 +19,9 @@ std::vector<int64_t> check_lengths(const std::optional<at::Tensor>& lengths, int
 // A [B, N] per-token tensor (scores, relevance): shape, floating dtype, finite and >= 0 on valid tokens.
 void check_row_values(const char* name, const at::Tensor& values, int64_t batch, int64_t n,
                       const at::Device& device, const std::vector<int64_t>& lengths);
-void check_finite_features(const at::Tensor& features, const std::vector<int64_t>& lengths);
+// Checks that every valid feature is finite; returns each image's largest magnitude, which
+// the rescale needs anyway (one pass over the features, parallel over the batch).
+std::vector<double> check_finite_features(const at::Tensor& features, const std::vector<int64_t>& lengths);
 void check_keep(int64_t keep, int64_t n, const std::vector<int64_t>& lengths);
 void check_params(const PruneParams& p);
 void check_erank_method(const std::string& method);

@@ -13,24 +13,17 @@ constexpr float kDistanceSnap = 1e-6f;
 
 }  // namespace
 
-at::Tensor rescale(const at::Tensor& x) {
-  auto xf = x.to(at::kFloat).contiguous();  // fp16/bf16 -> fp32 is exact
-  const float* src = xf.data_ptr<float>();
-  const int64_t count = xf.numel();
-  float amax = 0.0f;
-  for (int64_t i = 0; i < count; ++i) amax = std::max(amax, std::fabs(src[i]));
-  auto out = at::empty_like(xf);
-  float* dst = out.data_ptr<float>();
-  if (amax == 0.0f) {
-    std::copy(src, src + count, dst);
-    return out;
-  }
+at::Tensor rescale(const at::Tensor& x, double amax) {
+  auto xf = x.to(at::kFloat);  // fp16/bf16 -> fp32 is exact
+  if (amax == 0.0) return xf.contiguous();
   int exponent = 0;
-  std::frexp(static_cast<double>(amax), &exponent);
-  // 2^-e can leave float's range for subnormal inputs: scale in double, round once
+  std::frexp(amax, &exponent);
   const double scale = std::ldexp(1.0, -exponent);
-  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(static_cast<double>(src[i]) * scale);
-  return out;
+  // a product by a power of two is rounded once whether formed in float or double, so the
+  // float multiply equals the reference's double one whenever 2^-e is a normal float; beyond
+  // that (subnormal inputs) scale in double and round once
+  if (exponent >= -126 && exponent <= 126) return at::mul(xf, static_cast<float>(scale)).contiguous();
+  return at::mul(xf.to(at::kDouble), scale).to(at::kFloat).contiguous();
 }
 
 double attention_entropy_one(const at::Tensor& scores) {

@@ -9,9 +9,10 @@
 
 namespace ada_vtp::cpu {
 
-// [n, D] any float -> [n, D] fp32 contiguous, times the power of two that brings max|x| into
-// [0.5, 1): exact, so results are scale-invariant and nothing overflows when squared.
-at::Tensor rescale(const at::Tensor& x);
+// [n, D] any float -> [n, D] fp32 contiguous, times the power of two that brings max|x| (amax,
+// from check_finite_features) into [0.5, 1): exact, so results are scale-invariant and
+// nothing overflows when squared.
+at::Tensor rescale(const at::Tensor& x, double amax);
 
 // Attention entropy (nats) of one image's valid scores [n]; all-zero scores count as uniform.
 double attention_entropy_one(const at::Tensor& scores);

@@ -30,9 +30,9 @@ int64_t mix_attention_count(int64_t k, double ratio) {
 }
 
 // The k selected tokens of one image (any order) from its valid rows.
-std::vector<int64_t> select_one(const PruneParams& p, const at::Tensor& xs, const float* scores,
+// xs: the rescaled valid rows [n, D], undefined when the method reads no features.
+std::vector<int64_t> select_one(const PruneParams& p, const at::Tensor& xs, int64_t n, const float* scores,
                                 const float* relevance, int64_t k, double erank, double entropy) {
-  const int64_t n = xs.size(0);
   const bool rows_cheaper = kRowVsGramCost * k < n;
   auto order = cpu::score_order(scores, n);
   if (p.method == "attention") return {order.begin(), order.begin() + k};
@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
     TORCH_CHECK_VALUE(method == "dpp", "relevance is only used by method='dpp', got method='", method, "'");
     cpu::check_row_values("relevance", *relevance, batch, n, features.device(), len);
   }
-  cpu::check_finite_features(features, len);
+  const auto amax = cpu::check_finite_features(features, len);
 
   auto scores32 = scores.to(at::kFloat).contiguous();
   at::Tensor relevance32;
@@ -98,16 +98,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
   auto erank_out = at::full({batch}, std::numeric_limits<float>::quiet_NaN(), features.options().dtype(at::kFloat));
   auto entropy_out = at::empty({batch}, features.options().dtype(at::kFloat));
   const bool with_erank = needs_erank(p);
+  const bool reads_features =
+      with_erank || !(method == "attention" || (method == "mix" && mix_attention_count(keep, attention_ratio) == keep));
 
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t nb = len[b];
       const float* s = scores32.data_ptr<float>() + b * n;
       const float* r = relevance32.defined() ? relevance32.data_ptr<float>() + b * n : nullptr;
-      auto xs = cpu::rescale(features[b].narrow(0, 0, nb));
+      at::Tensor xs;  // attention-only selections never read the features
+      if (reads_features) xs = cpu::rescale(features[b].narrow(0, 0, nb), amax[b]);
       const double entropy = cpu::attention_entropy_one(scores32[b].narrow(0, 0, nb));
       const double erank = with_erank ? cpu::erank_one(xs) : std::numeric_limits<double>::quiet_NaN();
-      auto chosen = select_one(p, xs, s, r, keep, erank, entropy);
+      auto chosen = select_one(p, xs, nb, s, r, keep, erank, entropy);
       std::sort(chosen.begin(), chosen.end());
       std::copy(chosen.begin(), chosen.end(), indices.data_ptr<int64_t>() + b * keep);
       erank_out.data_ptr<float>()[b] = static_cast<float>(erank);
@@ -123,11 +126,11 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
   cpu::check_features(features);
   const int64_t batch = features.size(0);
   auto len = cpu::check_lengths(lengths, batch, features.size(1), features.device());
-  cpu::check_finite_features(features, len);
+  const auto amax = cpu::check_finite_features(features, len);
   auto out = at::empty({batch}, features.options().dtype(at::kFloat));
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      out.data_ptr<float>()[b] = static_cast<float>(cpu::erank_one(cpu::rescale(features[b].narrow(0, 0, len[b]))));
+      out.data_ptr<float>()[b] = static_cast<float>(cpu::erank_one(cpu::rescale(features[b].narrow(0, 0, len[b]), amax[b])));
     }
   });
   return out;
