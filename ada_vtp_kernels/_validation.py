@@ -18,6 +18,11 @@ def _fail(msg: str):
     raise ValueError(msg)
 
 
+def _num(value) -> str:
+    """A number as the C++ checks print it (6 significant digits, like %g)."""
+    return f"{value:g}" if isinstance(value, (int, float)) else repr(value)
+
+
 def check_features(features) -> None:
     if not isinstance(features, torch.Tensor):
         _fail(f"features must be a torch.Tensor [B, N, D], got {type(features).__name__}")
@@ -63,10 +68,10 @@ def check_row_values(name: str, values, batch: int, n: int, device, lengths: tor
         row = values[b, : int(lengths[b])]
         if not torch.isfinite(row).all():
             j = int((~torch.isfinite(row)).nonzero()[0, 0])
-            _fail(f"{name}[{b}, {j}] = {row[j].item()} is not finite")
+            _fail(f"{name}[{b}, {j}] = {_num(row[j].item())} is not finite")
         if (row < 0).any():
             j = int((row < 0).nonzero()[0, 0])
-            _fail(f"{name}[{b}, {j}] = {row[j].item()} is negative; expected values >= 0")
+            _fail(f"{name}[{b}, {j}] = {_num(row[j].item())} is negative; expected values >= 0")
 
 
 def check_finite_features(features: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -75,7 +80,7 @@ def check_finite_features(features: torch.Tensor, lengths: torch.Tensor) -> None
         finite = torch.isfinite(rows)
         if not finite.all():
             j, d = (int(v) for v in (~finite).nonzero()[0])
-            _fail(f"features[{b}, {j}, {d}] = {rows[j, d].item()} is not finite")
+            _fail(f"features[{b}, {j}, {d}] = {_num(rows[j, d].item())} is not finite")
 
 
 def check_keep(keep, n: int, lengths: torch.Tensor) -> None:
@@ -96,9 +101,9 @@ def _check_range(name: str, value, lo: float, hi: float = math.inf, lo_open: boo
     ok = isinstance(value, (int, float)) and math.isfinite(value)
     ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
     if not ok:
-        lo_txt = f"> {lo}" if lo_open else f">= {lo}"
-        hi_txt = "" if hi == math.inf else f" and <= {hi}"
-        _fail(f"{name} = {value!r}; expected a finite number {lo_txt}{hi_txt}")
+        lo_txt = f"> {_num(lo)}" if lo_open else f">= {_num(lo)}"
+        hi_txt = "" if hi == math.inf else f" and <= {_num(hi)}"
+        _fail(f"{name} = {_num(value)}; expected a finite number {lo_txt}{hi_txt}")
 
 
 def check_params(p: dict) -> None:

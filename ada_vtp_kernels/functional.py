@@ -101,15 +101,16 @@ def prune(
         backend: ``"auto"``, ``"cpu"``, ``"reference"`` or ``"triton"`` (module docstring).
 
     Returns:
-        PruneResult(indices [B, K] int64 ascending, erank [B] float32 (NaN where not computed),
-        entropy [B] float32 in nats).
+        PruneResult(indices [B, K] int64 ascending, erank [B] float32 or None where the
+        method needs none and ``compute_erank`` is False, entropy [B] float32 in nats).
+        The op ``torch.ops.ada_vtp.prune`` returns the erank as a [0] tensor in that case.
 
     Examples::
 
         >>> import torch, ada_vtp_kernels as vtp
         >>> feats, attn = torch.randn(2, 576, 1024), torch.rand(2, 576)
         >>> res = vtp.prune(feats, attn, keep=64, method="agile")
-        >>> res.indices.shape, res.erank.shape
+        >>> res.indices.shape, res.erank.shape   # agile needs the erank
         (torch.Size([2, 64]), torch.Size([2]))
         >>> kept = vtp.gather(feats, res.indices)        # [2, 64, 1024]
     """
@@ -124,7 +125,7 @@ def prune(
     indices, erank_, entropy = torch.ops.ada_vtp.prune(
         features, scores, keep, method, lengths=lengths, relevance=relevance, **params
     )
-    return PruneResult(indices, erank_, entropy)
+    return PruneResult(indices, erank_ if erank_.numel() else None, entropy)
 
 
 def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: str = "exact",

@@ -9,6 +9,8 @@ once they land.
 
 import torch
 
+from .reference import needs_erank
+
 BUILD_HINT = (
     "the ada_vtp C++ extension (ada_vtp_kernels._C) is not built; build it with "
     "`pip install -e . --no-build-isolation` in the repository root (it needs the torch you run "
@@ -33,8 +35,9 @@ def _register_fakes() -> None:
                     erank_method="exact", compute_erank=False):
         batch = features.shape[0]
         indices = features.new_empty((batch, keep), dtype=torch.int64)
-        stats = features.new_empty((batch,), dtype=torch.float32)
-        return indices, stats, torch.empty_like(stats)
+        erank_rows = batch if needs_erank(method, complexity, compute_erank) else 0
+        erank = features.new_empty((erank_rows,), dtype=torch.float32)
+        return indices, erank, features.new_empty((batch,), dtype=torch.float32)
 
     @torch.library.register_fake("ada_vtp::erank")
     def _erank_fake(features, lengths=None, method="exact"):

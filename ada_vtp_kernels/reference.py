@@ -19,6 +19,9 @@ Numerical conventions (what makes the backends agree bit for bit on exact inputs
   (entries in {-1, 0, 1}, 4**m non-zeros) give bit-identical distances on every backend; on
   other inputs backends agree to fp32 rounding of the product's summation order.
 - The DPP greedy state is fp64; thresholds (tau, ratios) are fp64 Python floats.
+- Scores (and relevance) are ordered as fp32 values, whatever their dtype: float64 scores that
+  differ only beyond fp32 precision tie (and go to the lowest index).  The entropy uses them at
+  full precision.
 - Every ordering is a stable sort and every argmax takes the lowest index.
 """
 
@@ -75,7 +78,8 @@ def attention_entropy_ref(scores: torch.Tensor, lengths: torch.Tensor | None = N
         [B] float32, nats.
     """
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.numel() == 0:
-        _validation._fail(f"scores must be a non-empty tensor [B, N], got {getattr(scores, 'shape', scores)}")
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        _validation._fail(f"scores must be a non-empty tensor [B, N], got {got}")
     batch, n = scores.shape
     lengths = _validation.check_lengths(lengths, batch, n, scores.device)
     _validation.check_row_values("scores", scores, batch, n, scores.device, lengths)
@@ -282,13 +286,15 @@ class PruneResult(NamedTuple):
     """What `prune` returns, on every backend.
 
     indices: [B, K] int64, ascending token indices.
-    erank: [B] float32, the erank of each image's valid tokens; NaN where it was not computed
-        (methods that do not need it, unless ``compute_erank=True``).
+    erank: [B] float32, the erank of each image's valid tokens, or None where the method needs
+        none (`attention`, `divprune`, `dpp`, `vispruner`, `mix`, `agile` with
+        complexity="entropy") and ``compute_erank`` is False.  The op itself returns a [0]
+        tensor there.
     entropy: [B] float32, the attention entropy of each image's valid scores, nats.
     """
 
     indices: torch.Tensor
-    erank: torch.Tensor
+    erank: torch.Tensor | None
     entropy: torch.Tensor
 
 
@@ -314,9 +320,9 @@ def default_params(**overrides) -> dict:
     return p
 
 
-def needs_erank(method: str, complexity: str) -> bool:
-    """Whether the method's selection depends on the image's erank."""
-    return method == "mix_adaptive" or (method == "agile" and complexity == "erank")
+def needs_erank(method: str, complexity: str, compute_erank: bool = False) -> bool:
+    """Whether `prune` computes the erank: the selection depends on it, or it was asked for."""
+    return compute_erank or method == "mix_adaptive" or (method == "agile" and complexity == "erank")
 
 
 def prune_one(features: torch.Tensor, scores: torch.Tensor, relevance: torch.Tensor | None, k: int,
@@ -325,7 +331,7 @@ def prune_one(features: torch.Tensor, scores: torch.Tensor, relevance: torch.Ten
     method = p["method"]
     xs = _rescale(features)
     entropy = attention_entropy_one(scores)
-    erank = erank_one(xs) if (p["compute_erank"] or needs_erank(method, p["complexity"])) else math.nan
+    erank = erank_one(xs) if needs_erank(method, p["complexity"], p["compute_erank"]) else math.nan
     scores = scores.to(torch.float32)
     if method == "attention":
         chosen = select_attention(scores, k)
@@ -363,7 +369,7 @@ def prune_ref(features: torch.Tensor, scores: torch.Tensor, keep: int, method: s
         **params: important_ratio, attention_ratio, gain, erank_ref, entropy_ref, tau_max,
             tau_scale, complexity, erank_method, compute_erank (see functional.prune).
     Returns:
-        PruneResult(indices [B, K] int64 ascending, erank [B] float32, entropy [B] float32).
+        PruneResult(indices [B, K] int64 ascending, erank [B] float32 or None, entropy [B] float32).
     """
     p = default_params(method=method, **params)
     lengths = _validation.check_prune_inputs(features, scores, keep, lengths, relevance, p)
@@ -376,8 +382,9 @@ def prune_ref(features: torch.Tensor, scores: torch.Tensor, keep: int, method: s
         eranks.append(er)
         entropies.append(h)
     device = features.device
+    with_erank = needs_erank(p["method"], p["complexity"], p["compute_erank"])
     return PruneResult(
         torch.tensor(rows, dtype=torch.int64, device=device).reshape(-1, keep),
-        torch.tensor(eranks, dtype=torch.float32, device=device),
+        torch.tensor(eranks, dtype=torch.float32, device=device) if with_erank else None,
         torch.tensor(entropies, dtype=torch.float32, device=device),
     )

@@ -1,5 +1,6 @@
 // The one TORCH_LIBRARY block of the package: op schemas (with every method parameter and its
-// default; ada_vtp_kernels/defaults.py holds the same values) and the CPU kernels.
+// default; ada_vtp_kernels/defaults.py holds the same values), the CPU kernels, and the
+// autograd fallthrough.
 #include <torch/library.h>
 
 #include "ops.h"
@@ -13,6 +14,14 @@ TORCH_LIBRARY(ada_vtp, m) {
       "-> (Tensor indices, Tensor erank, Tensor entropy)");
   m.def("erank(Tensor features, Tensor? lengths=None, str method=\"exact\") -> Tensor");
   m.def("attention_entropy(Tensor scores, Tensor? lengths=None) -> Tensor");
+}
+
+// Selections and statistics are not differentiable: autograd passes straight through, so
+// the outputs never require grad (instead of failing at backward time).
+TORCH_LIBRARY_IMPL(ada_vtp, Autograd, m) {
+  m.impl("prune", torch::CppFunction::makeFallthrough());
+  m.impl("erank", torch::CppFunction::makeFallthrough());
+  m.impl("attention_entropy", torch::CppFunction::makeFallthrough());
 }
 
 TORCH_LIBRARY_IMPL(ada_vtp, CPU, m) {

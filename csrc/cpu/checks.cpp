@@ -9,7 +9,6 @@
 #include <c10/util/Exception.h>
 
 namespace ada_vtp::cpu {
-namespace {
 
 std::string shape_str(at::IntArrayRef shape) {
   std::ostringstream os;
@@ -18,6 +17,8 @@ std::string shape_str(at::IntArrayRef shape) {
   os << (shape.size() == 1 ? ",)" : ")");
   return os.str();
 }
+
+namespace {
 
 std::string dtype_str(at::ScalarType t) {
   // Python's spelling, so both backends print the same message
@@ -103,11 +104,15 @@ void check_row_values(const char* name, const at::Tensor& values, int64_t batch,
   TORCH_CHECK_VALUE(values.device() == device, name, " is on ", values.device(), " but features is on ", device);
   auto v = values.to(at::kDouble).contiguous();
   const double* p = v.data_ptr<double>();
+  // per row: non-finite values first, then negative ones (the order _validation.py reports them)
   for (int64_t b = 0; b < batch; ++b) {
+    const double* row = p + b * n;
     for (int64_t j = 0; j < lengths[b]; ++j) {
-      double x = p[b * n + j];
-      TORCH_CHECK_VALUE(std::isfinite(x), name, "[", b, ", ", j, "] = ", num_str(x), " is not finite");
-      TORCH_CHECK_VALUE(x >= 0, name, "[", b, ", ", j, "] = ", num_str(x), " is negative; expected values >= 0");
+      TORCH_CHECK_VALUE(std::isfinite(row[j]), name, "[", b, ", ", j, "] = ", num_str(row[j]), " is not finite");
+    }
+    for (int64_t j = 0; j < lengths[b]; ++j) {
+      TORCH_CHECK_VALUE(row[j] >= 0, name, "[", b, ", ", j, "] = ", num_str(row[j]),
+                        " is negative; expected values >= 0");
     }
   }
 }

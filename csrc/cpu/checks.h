@@ -12,6 +12,9 @@
 
 namespace ada_vtp::cpu {
 
+// A shape as Python prints a tuple: (2, 3) or (5,).
+std::string shape_str(at::IntArrayRef shape);
+
 void check_features(const at::Tensor& features);
 // Returns the valid length of every row (N for all when lengths is absent).
 std::vector<int64_t> check_lengths(const std::optional<at::Tensor>& lengths, int64_t batch, int64_t n,

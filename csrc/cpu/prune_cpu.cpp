@@ -95,9 +95,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
   at::Tensor relevance32;
   if (relevance.has_value()) relevance32 = relevance->to(at::kFloat).contiguous();
   auto indices = at::empty({batch, keep}, features.options().dtype(at::kLong));
-  auto erank_out = at::full({batch}, std::numeric_limits<float>::quiet_NaN(), features.options().dtype(at::kFloat));
-  auto entropy_out = at::empty({batch}, features.options().dtype(at::kFloat));
   const bool with_erank = needs_erank(p);
+  // erank is [B] where computed and [0] where the method needs none (no placeholder values)
+  auto erank_out = at::empty({with_erank ? batch : 0}, features.options().dtype(at::kFloat));
+  auto entropy_out = at::empty({batch}, features.options().dtype(at::kFloat));
   const bool reads_features =
       with_erank || !(method == "attention" || (method == "mix" && mix_attention_count(keep, attention_ratio) == keep));
 
@@ -108,12 +109,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
       const float* r = relevance32.defined() ? relevance32.data_ptr<float>() + b * n : nullptr;
       at::Tensor xs;  // attention-only selections never read the features
       if (reads_features) xs = cpu::rescale(features[b].narrow(0, 0, nb), amax[b]);
-      const double entropy = cpu::attention_entropy_one(scores32[b].narrow(0, 0, nb));
+      const double entropy = cpu::attention_entropy_one(scores[b].narrow(0, 0, nb));
       const double erank = with_erank ? cpu::erank_one(xs) : std::numeric_limits<double>::quiet_NaN();
       auto chosen = select_one(p, xs, nb, s, r, keep, erank, entropy);
       std::sort(chosen.begin(), chosen.end());
       std::copy(chosen.begin(), chosen.end(), indices.data_ptr<int64_t>() + b * keep);
-      erank_out.data_ptr<float>()[b] = static_cast<float>(erank);
+      if (with_erank) erank_out.data_ptr<float>()[b] = static_cast<float>(erank);
       entropy_out.data_ptr<float>()[b] = static_cast<float>(entropy);
     }
   });
@@ -138,7 +139,7 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
 
 at::Tensor attention_entropy_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& lengths) {
   TORCH_CHECK_VALUE(scores.dim() == 2 && scores.numel() > 0, "scores must be a non-empty tensor [B, N], got ",
-                    scores.sizes());
+                    cpu::shape_str(scores.sizes()));
   const int64_t batch = scores.size(0), n = scores.size(1);
   auto len = cpu::check_lengths(lengths, batch, n, scores.device());
   cpu::check_row_values("scores", scores, batch, n, scores.device(), len);
