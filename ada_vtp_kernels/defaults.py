@@ -18,7 +18,7 @@ measured on real encoder features, the eight DINOv2 ViT-S/14 photos of shared/go
   order supplies all 64 tokens on 3 of the 8 photos and runs out after 18 to 61 selections on
   the others, so suppression and the max-min fill both shape the result; at 0.1 the order runs
   out on 2 photos only (the selection stays close to attention), at 0.4 and above on all of
-  them after 14 to 32 selections (the fill dominates).  Reproduce with
+  them after 13 to 32 selections (the fill dominates).  Reproduce with
   ``benchmarks/calibrate_defaults.py``.
 - ``MIX_ATTENTION_RATIO = 0.5``, ``MIX_GAIN = 0.5``: at ``erank == erank_ref`` mix_adaptive
   keeps half attention and half diverse tokens (the paper's balanced mix); an image at half the
@@ -48,3 +48,8 @@ NORM_EPS = 1e-6
 DISTANCE_SNAP = 1e-6
 DPP_STOP = 1e-6
 VISPRUNER_ROUND = 8
+# features whose largest magnitude lies outside [SAFE_MIN, SAFE_MAX] are rescaled by a power of
+# two first: a sum of up to 2**15 squares of 2**56 stays below fp32's 2**128, and (2**-56)**2
+# is still a normal fp32 number
+SAFE_MIN = 2.0**-56
+SAFE_MAX = 2.0**56

@@ -21,7 +21,8 @@ from . import defaults, functional, ops
 GRID = 24
 
 
-def synthetic_image(regions: int, dim: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def synthetic_image(regions: int, dim: int, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One image: features [576, dim], scores [576] (sum 1), region id of each token [576]."""
     # regions are Voronoi cells of random seed points on the grid
     seeds = torch.rand(regions, 2, generator=generator) * GRID

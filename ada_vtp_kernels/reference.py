@@ -6,18 +6,21 @@ Tests and benchmarks import it; nothing else re-implements it.
 
 Numerical conventions (what makes the backends agree bit for bit on exact inputs):
 
-- Each image's valid rows are upcast to fp32 and multiplied by ``2**-e``, ``e`` the binary
-  exponent of their largest magnitude (`_rescale`).  A power of two is exact, so every result is
-  invariant to the features' scale and 1e-30 or 1e30 neither underflow nor overflow.
-- Cosine similarity is ``S(i, j) = clamp(xn_i . xn_j, -1, 1)`` with ``xn_i = x_i / max(||x_i||, 1e-6)``
-  (fp32, the norm as `torch.linalg.vector_norm` computes it), ``xn`` times ``xnᵀ`` one fp32 matrix product, as the
-  peers' own code computes it: VisPruner's rounds then reproduce its official selections.
-  Distance ``d = 1 - S`` with ``d < 1e-6`` snapped to 0 (duplicates are exact ties); every
-  method uses ``d`` and ``S = 1 - d``.  The diagonal is set, not computed: ``d(i, i) = 0``, or
-  1 for a row whose norm is below the clamp (a zero row is dissimilar to everything).  ``d(i, .)`` is row ``i``: the row of the selected or
-  visited token.  Rows whose norm is a power of two and whose products are exact in fp32
-  (entries in {-1, 0, 1}, 4**m non-zeros) give bit-identical distances on every backend; on
-  other inputs backends agree to fp32 rounding of the product's summation order.
+- Each image's valid rows are upcast to fp32 (`rescale`); only when their largest magnitude is
+  outside [2**-56, 2**56] are they multiplied by ``2**-e``, ``e`` its binary exponent, so that
+  1e-30 or 1e30 neither underflow nor overflow when squared.  A power of two is exact, so the
+  cosines do not change; the norm clamp (1e-6) applies to the features as given.
+- Cosine similarity is ``S(i, j) = clamp(xn_i . xn_j, -1, 1)`` with
+  ``xn_i = x_i / max(||x_i||, 1e-6)`` (fp32, the norm as `torch.linalg.vector_norm` computes
+  it), ``xn`` times ``xnᵀ`` one fp32 matrix product, as the peers' own code computes it:
+  VisPruner's rounds then reproduce its official selections.  Distance ``d = 1 - S`` with
+  ``d < 1e-6`` snapped to 0 (duplicates are exact ties); every method uses ``d`` and
+  ``S = 1 - d``.  The diagonal is set, not computed: ``d(i, i) = 0``, or 1 for a row whose norm
+  is below the clamp (a zero row is dissimilar to everything).  ``d(i, .)`` is row ``i``: the
+  row of the selected or visited token.  Rows whose norm is a power of two and whose products
+  are exact in fp32 (entries in {-1, 0, 1}, 4**m non-zeros) give bit-identical distances on
+  every backend; on other inputs backends agree to fp32 rounding of the product's summation
+  order.
 - The DPP greedy state is fp64; thresholds (tau, ratios) are fp64 Python floats.
 - Scores (and relevance) are ordered as fp32 values, whatever their dtype: float64 scores that
   differ only beyond fp32 precision tie (and go to the lowest index).  The entropy uses them at
@@ -36,14 +39,17 @@ from . import _validation, defaults
 # statistics
 
 
-def _rescale(x: torch.Tensor) -> torch.Tensor:
-    """[n, D] any float -> [n, D] fp32, multiplied by the power of two that brings max|x| into [0.5, 1)."""
-    x64 = x.to(torch.float64)
-    amax = x64.abs().max()
-    if amax == 0:
-        return x64.to(torch.float32)
-    _, exponent = torch.frexp(amax)
-    return (x64 * 2.0 ** (-int(exponent))).to(torch.float32)
+def rescale(x: torch.Tensor) -> torch.Tensor:
+    """[n, D] any float -> [n, D] fp32: the features as given, unless their largest magnitude is
+    outside [2**-56, 2**56], where they are multiplied by the power of two that brings it into
+    [0.5, 1) so that fp32 squares neither overflow nor underflow (exact, so the cosines are
+    unchanged)."""
+    x32 = x.to(torch.float32)
+    amax = float(x32.abs().max())
+    if amax == 0 or defaults.SAFE_MIN <= amax <= defaults.SAFE_MAX:
+        return x32
+    exponent = math.frexp(amax)[1]
+    return (x.to(torch.float64) * 2.0 ** (-exponent)).to(torch.float32)
 
 
 def attention_entropy_one(scores: torch.Tensor) -> float:
@@ -105,7 +111,7 @@ def erank_ref(features: torch.Tensor, lengths: torch.Tensor | None = None, metho
     batch, n, _ = features.shape
     lengths = _validation.check_lengths(lengths, batch, n, features.device)
     _validation.check_finite_features(features, lengths)
-    out = [erank_one(_rescale(features[b, : int(lengths[b])])) for b in range(batch)]
+    out = [erank_one(rescale(features[b, : int(lengths[b])])) for b in range(batch)]
     return torch.tensor(out, dtype=torch.float32, device=features.device)
 
 
@@ -329,7 +335,7 @@ def prune_one(features: torch.Tensor, scores: torch.Tensor, relevance: torch.Ten
               p: dict) -> tuple[list[int], float, float]:
     """One image's valid tokens: features [n, D], scores [n], relevance [n] or None -> (indices, erank, entropy)."""
     method = p["method"]
-    xs = _rescale(features)
+    xs = rescale(features)
     entropy = attention_entropy_one(scores)
     erank = erank_one(xs) if needs_erank(method, p["complexity"], p["compute_erank"]) else math.nan
     scores = scores.to(torch.float32)

@@ -51,7 +51,7 @@ class Case:
         return self.name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exact_inputs(case: Case):
     """(features fp32, scores, relevance, lengths or None), cached per case."""
     g = torch.Generator().manual_seed(1000 + case.seed)
@@ -243,7 +243,7 @@ RANDN = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def randn_inputs(case: Case):
     g = torch.Generator().manual_seed(2000 + case.seed)
     x = torch.randn(case.batch, case.n, case.dim, generator=g)

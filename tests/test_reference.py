@@ -54,7 +54,7 @@ UNIFORM6 = [1.0] * 6
 
 def test_distance_zero_row_is_one_from_everything_including_itself():
     x = feats([[1, 0], [0, 0], [0, 0]])[0]
-    d = reference.cosine_distance(reference._rescale(x))
+    d = reference.cosine_distance(reference.rescale(x))
     assert d[1].tolist() == [1.0, 1.0, 1.0]
     assert d[2, 2].item() == 1.0 and d[0, 0].item() == 0.0
 
@@ -62,7 +62,7 @@ def test_distance_zero_row_is_one_from_everything_including_itself():
 def test_distance_duplicates_and_near_duplicates_snap_to_zero():
     # (1, 1e-4) is 5e-9 away from (1, 0) in cosine distance: below 1e-6, snapped to exactly 0.
     x = feats([[3, 4], [3, 4], [6, 8], [1, 0], [1, 1e-4]])[0]
-    d = reference.cosine_distance(reference._rescale(x))
+    d = reference.cosine_distance(reference.rescale(x))
     assert d[0, 1].item() == 0.0 and d[0, 2].item() == 0.0 and d[3, 4].item() == 0.0
     assert torch.equal(d, d.T)
     assert (d >= 0).all() and (d <= 2).all()
@@ -434,7 +434,7 @@ def test_agile_constant_radius_keeps_selected_tokens_apart():
     x, s = exact_features(1, 80, 16), distinct_scores(1, 80)
     kw = dict(complexity="entropy", entropy_ref=1.0, tau_scale=1e6, tau_max=0.75)
     idx = prune_ref(x, s, 8, "agile", **kw).indices[0]
-    d = reference.cosine_distance(reference._rescale(x[0]))[idx][:, idx]
+    d = reference.cosine_distance(reference.rescale(x[0]))[idx][:, idx]
     assert (d[~torch.eye(8, dtype=torch.bool)] >= 0.75).all()
     assert not torch.equal(idx, prune_ref(x, s, 8, "attention").indices[0]), "the radius must matter here"
 

@@ -10,20 +10,18 @@ namespace {
 
 constexpr float kNormEps = 1e-6f;
 constexpr float kDistanceSnap = 1e-6f;
+// defaults.SAFE_MIN / SAFE_MAX: outside, fp32 squares could underflow or overflow
+constexpr double kSafeMin = 0x1p-56;
+constexpr double kSafeMax = 0x1p56;
 
 }  // namespace
 
 at::Tensor rescale(const at::Tensor& x, double amax) {
-  auto xf = x.to(at::kFloat);  // fp16/bf16 -> fp32 is exact
-  if (amax == 0.0) return xf.contiguous();
+  if (amax == 0.0 || (amax >= kSafeMin && amax <= kSafeMax)) return x.to(at::kFloat).contiguous();
   int exponent = 0;
   std::frexp(amax, &exponent);
-  const double scale = std::ldexp(1.0, -exponent);
-  // a product by a power of two is rounded once whether formed in float or double, so the
-  // float multiply equals the reference's double one whenever 2^-e is a normal float; beyond
-  // that (subnormal inputs) scale in double and round once
-  if (exponent >= -126 && exponent <= 126) return at::mul(xf, static_cast<float>(scale)).contiguous();
-  return at::mul(xf.to(at::kDouble), scale).to(at::kFloat).contiguous();
+  // 2^-e can leave float's range: scale in double and round once, as the reference does
+  return at::mul(x.to(at::kDouble), std::ldexp(1.0, -exponent)).to(at::kFloat).contiguous();
 }
 
 double attention_entropy_one(const at::Tensor& scores) {

@@ -9,9 +9,9 @@
 
 namespace ada_vtp::cpu {
 
-// [n, D] any float -> [n, D] fp32 contiguous, times the power of two that brings max|x| (amax,
-// from check_finite_features) into [0.5, 1): exact, so results are scale-invariant and
-// nothing overflows when squared.
+// [n, D] any float -> [n, D] fp32 contiguous (reference.rescale): as given, or, when max|x|
+// (amax, from check_finite_features) is outside [2^-56, 2^56], times the power of two that
+// brings it into [0.5, 1), so that no square overflows or underflows.
 at::Tensor rescale(const at::Tensor& x, double amax);
 
 // Attention entropy (nats) of one image's valid scores [n]; all-zero scores count as uniform.
