@@ -67,21 +67,27 @@ void check_range(const char* name, double v, double lo, double hi, bool lo_open)
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // max |x| over a tensor, NaN when any element is NaN or infinite: one pass at memory speed
-// (a branch-free loop the compiler vectorises), the check and the rescale's input at once.
+// (branch-free chunks the compiler vectorises, split over the threads), the check and the
+// rescale's input at once.
 double max_abs_or_nan(const at::Tensor& x) {
   auto xc = x.contiguous();
   double out = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "max_abs_or_nan", [&] {
     const scalar_t* p = xc.data_ptr<scalar_t>();
-    const int64_t count = xc.numel();
-    float largest = 0.0f;
-    int nonfinite = 0;
-    for (int64_t i = 0; i < count; ++i) {
-      const float a = std::fabs(static_cast<float>(p[i]));
-      nonfinite |= !(a <= std::numeric_limits<float>::max());
-      largest = largest < a ? a : largest;
-    }
-    out = nonfinite ? std::numeric_limits<double>::quiet_NaN() : largest;
+    constexpr float kNonFinite = std::numeric_limits<float>::infinity();
+    const float largest = at::parallel_reduce(
+        0, xc.numel(), 1 << 16, 0.0f,
+        [p](int64_t begin, int64_t end, float acc) {
+          int nonfinite = 0;
+          for (int64_t i = begin; i < end; ++i) {
+            const float a = std::fabs(static_cast<float>(p[i]));
+            nonfinite |= !(a <= std::numeric_limits<float>::max());
+            acc = acc < a ? a : acc;
+          }
+          return nonfinite ? kNonFinite : acc;
+        },
+        [](float a, float b) { return std::max(a, b); });
+    out = largest == kNonFinite ? std::numeric_limits<double>::quiet_NaN() : largest;
   });
   return out;
 }
@@ -141,9 +147,7 @@ void check_row_values(const char* name, const at::Tensor& values, int64_t batch,
 std::vector<double> check_finite_features(const at::Tensor& features, const std::vector<int64_t>& lengths) {
   const int64_t batch = features.size(0);
   std::vector<double> amax(batch);
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) amax[b] = max_abs_or_nan(features[b].narrow(0, 0, lengths[b]));
-  });
+  for (int64_t b = 0; b < batch; ++b) amax[b] = max_abs_or_nan(features[b].narrow(0, 0, lengths[b]));
   for (int64_t b = 0; b < batch; ++b) {
     if (std::isfinite(amax[b])) continue;
     auto rows = features[b].narrow(0, 0, lengths[b]);

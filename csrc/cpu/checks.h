@@ -23,7 +23,7 @@ std::vector<int64_t> check_lengths(const std::optional<at::Tensor>& lengths, int
 void check_row_values(const char* name, const at::Tensor& values, int64_t batch, int64_t n,
                       const at::Device& device, const std::vector<int64_t>& lengths);
 // Checks that every valid feature is finite; returns each image's largest magnitude, which
-// the rescale needs anyway (one pass over the features, parallel over the batch).
+// the rescale needs anyway (one pass over the features).
 std::vector<double> check_finite_features(const at::Tensor& features, const std::vector<int64_t>& lengths);
 void check_keep(int64_t keep, int64_t n, const std::vector<int64_t>& lengths);
 void check_params(const PruneParams& p);
