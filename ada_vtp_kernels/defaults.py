@@ -37,11 +37,17 @@ ENTROPY_REF = 5.75
 TAU_MAX = 0.2
 TAU_SCALE = 0.01
 COMPLEXITY = "erank"
-ERANK_METHOD = "exact"
+ERANK_METHOD = "fast"
+
+# the SVD-free erank estimator (reference.erank_fast_one documents the method and its error)
+FAST_ERANK_BLOCK = 64  # deflated top eigen-space; images with min(n, D) <= 64 are solved exactly
+FAST_ERANK_POWER_STEPS = 2  # block power steps before the Rayleigh-Ritz step
+FAST_ERANK_PROBES = 8  # Rademacher probes of the deflated remainder
+FAST_ERANK_LANCZOS_STEPS = 8  # Lanczos steps per probe: a 7-node Gauss and an 8-node anti-Gauss rule
 
 METHODS = ("attention", "divprune", "dpp", "vispruner", "mix", "mix_adaptive", "agile")
 COMPLEXITIES = ("erank", "entropy")
-ERANK_METHODS = ("exact",)
+ERANK_METHODS = ("exact", "fast")
 
 # numerical constants of DESIGN.md
 NORM_EPS = 1e-6

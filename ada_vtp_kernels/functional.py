@@ -96,7 +96,9 @@ def prune(
         tau_max: ``"agile"``: largest suppression radius in cosine distance, >= 0. Default 0.2.
         tau_scale: ``"agile"``: radius growth per rank at c = 1. Default 0.01.
         complexity: ``"agile"``: ``"erank"`` or ``"entropy"``.
-        erank_method: ``"exact"`` (fp64 symmetric eigensolver on the smaller Gram matrix).
+        erank_method: ``"fast"`` (default: the SVD-free estimator of
+            `reference.erank_fast_one`, about 0.5 % median error on real features, at the cost of
+            about one Gram matrix) or ``"exact"`` (fp64 symmetric eigensolver on the smaller Gram).
         compute_erank: also compute the erank for methods that do not need it.
         backend: ``"auto"``, ``"cpu"``, ``"reference"`` or ``"triton"`` (module docstring).
 
@@ -128,7 +130,7 @@ def prune(
     return PruneResult(indices, erank_ if erank_.numel() else None, entropy)
 
 
-def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: str = "exact",
+def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: str = defaults.ERANK_METHOD,
           *, backend: str = "auto") -> torch.Tensor:
     """Effective rank (Roy & Vetterli 2007) of each image's valid tokens.
 
@@ -138,7 +140,10 @@ def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: s
     Args:
         features: [B, N, D] float32/float16/bfloat16.
         lengths: [B] int, optional: valid tokens per row.
-        method: ``"exact"``: fp64 symmetric eigensolver on the smaller Gram matrix.
+        method: ``"fast"`` (default): the SVD-free estimator (products with X only: deflated
+            block power iteration and stochastic Lanczos quadrature with fixed +-1 probes, see
+            `reference.erank_fast_one`; about 0.5 % median, 2 % max error on real features), or
+            ``"exact"``: fp64 symmetric eigensolver on the smaller Gram matrix.
         backend: see the module docstring.
 
     Returns:

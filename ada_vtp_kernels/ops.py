@@ -32,7 +32,7 @@ def _register_fakes() -> None:
     def _prune_fake(features, scores, keep, method="agile", lengths=None, relevance=None,
                     important_ratio=0.0, attention_ratio=0.0, gain=0.0, erank_ref=1.0,
                     entropy_ref=1.0, tau_max=0.0, tau_scale=0.0, complexity="erank",
-                    erank_method="exact", compute_erank=False):
+                    erank_method="fast", compute_erank=False):
         batch = features.shape[0]
         indices = features.new_empty((batch, keep), dtype=torch.int64)
         erank_rows = batch if needs_erank(method, complexity, compute_erank) else 0
@@ -40,7 +40,7 @@ def _register_fakes() -> None:
         return indices, erank, features.new_empty((batch,), dtype=torch.float32)
 
     @torch.library.register_fake("ada_vtp::erank")
-    def _erank_fake(features, lengths=None, method="exact"):
+    def _erank_fake(features, lengths=None, method="fast"):
         return features.new_empty((features.shape[0],), dtype=torch.float32)
 
     @torch.library.register_fake("ada_vtp::attention_entropy")

@@ -10,9 +10,9 @@ TORCH_LIBRARY(ada_vtp, m) {
       "prune(Tensor features, Tensor scores, SymInt keep, str method=\"agile\", Tensor? lengths=None, "
       "Tensor? relevance=None, float important_ratio=0.5, float attention_ratio=0.5, float gain=0.5, "
       "float erank_ref=90.0, float entropy_ref=5.75, float tau_max=0.2, float tau_scale=0.01, "
-      "str complexity=\"erank\", str erank_method=\"exact\", bool compute_erank=False) "
+      "str complexity=\"erank\", str erank_method=\"fast\", bool compute_erank=False) "
       "-> (Tensor indices, Tensor erank, Tensor entropy)");
-  m.def("erank(Tensor features, Tensor? lengths=None, str method=\"exact\") -> Tensor");
+  m.def("erank(Tensor features, Tensor? lengths=None, str method=\"fast\") -> Tensor");
   m.def("attention_entropy(Tensor scores, Tensor? lengths=None) -> Tensor");
 }
 

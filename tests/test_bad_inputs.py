@@ -108,7 +108,6 @@ CASES = [
     ("method-case", with_(method="Agile"), "method"),
     ("complexity-unknown", with_(complexity="rank"), "complexity"),
     ("erank_method-unknown", with_(erank_method="svd"), "erank_method"),
-    ("erank_method-fast-not-yet", with_(erank_method="fast"), "erank_method"),
     # ranges
     ("important_ratio-negative", with_(important_ratio=-0.1), "important_ratio"),
     ("important_ratio-above-one", with_(important_ratio=1.5), "important_ratio"),

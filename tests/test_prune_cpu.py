@@ -87,7 +87,9 @@ def assert_same(got, want, context=""):
         if w is None:
             continue
         assert g.dtype == torch.float32 and g.shape == w.shape, (context, name)
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=f"{context}: {name}")
+        # the default "fast" erank: fp32 products on the CPU, fp64 in the reference
+        rtol = 1e-4 if name == "erank" else 1e-5
+        torch.testing.assert_close(g, w, rtol=rtol, atol=1e-6, msg=f"{context}: {name}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 
 #include "../ops.h"
 #include "checks.h"
+#include "erank_fast.h"
 #include "image.h"
 #include "select.h"
 
@@ -23,6 +24,10 @@ constexpr int64_t kRowVsGramCost = 8;
 
 bool needs_erank(const PruneParams& p) {
   return p.compute_erank || p.method == "mix_adaptive" || (p.method == "agile" && p.complexity == "erank");
+}
+
+double erank_of(const at::Tensor& xs, const std::string& method) {
+  return method == "fast" ? cpu::erank_fast_one(xs) : cpu::erank_one(xs);
 }
 
 int64_t mix_attention_count(int64_t k, double ratio) {
@@ -110,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
       at::Tensor xs;  // attention-only selections never read the features
       if (reads_features) xs = cpu::rescale(features[b].narrow(0, 0, nb), amax[b]);
       const double entropy = cpu::attention_entropy_one(scores[b].narrow(0, 0, nb));
-      const double erank = with_erank ? cpu::erank_one(xs) : std::numeric_limits<double>::quiet_NaN();
+      const double erank = with_erank ? erank_of(xs, erank_method) : std::numeric_limits<double>::quiet_NaN();
       auto chosen = select_one(p, xs, nb, s, r, keep, erank, entropy);
       std::sort(chosen.begin(), chosen.end());
       std::copy(chosen.begin(), chosen.end(), indices.data_ptr<int64_t>() + b * keep);
@@ -129,9 +134,12 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
   auto len = cpu::check_lengths(lengths, batch, features.size(1), features.device());
   const auto amax = cpu::check_finite_features(features, len);
   auto out = at::empty({batch}, features.options().dtype(at::kFloat));
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  // "fast" is a sequence of matrix products, each parallel itself; "exact" is one eigensolver
+  // per image, parallel over the batch
+  const int64_t grain = method == "fast" ? batch : 1;
+  at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      out.data_ptr<float>()[b] = static_cast<float>(cpu::erank_one(cpu::rescale(features[b].narrow(0, 0, len[b]), amax[b])));
+      out.data_ptr<float>()[b] = static_cast<float>(erank_of(cpu::rescale(features[b].narrow(0, 0, len[b]), amax[b]), method));
     }
   });
   return out;
