@@ -150,7 +150,7 @@ def erank_fast_one(xs: torch.Tensor) -> float:
        exactly, and each quadrature integrates 1 and lambda exactly, so the probes estimate only
        the part of f not explained by the line a + b lambda fitted (weighted least squares) to f
        on the pooled nodes.
-    Images with m <= k are solved exactly from the k x k (or smaller) Gram in fp64.
+    Images with m <= k are solved exactly (`erank_one`: a Gram of at most k x k in fp64).
 
     Error against the exact fp64 erank (benchmarks/bench_erank.py prints the table): real DINOv2
     features about 0.5 % median, under 2 % max; power-law, flat, rank-1/10 and two-decade
@@ -171,7 +171,7 @@ def erank_fast_one(xs: torch.Tensor) -> float:
 
     k = defaults.FAST_ERANK_BLOCK
     if m <= k:
-        return _erank_from_eigenvalues(torch.linalg.eigvalsh(a.T @ a))
+        return erank_one(xs)
     q = probe_signs(m, k, 0)
     for _ in range(defaults.FAST_ERANK_POWER_STEPS):
         q = _orthonormalize(gram_times(q))
@@ -223,16 +223,16 @@ def _control_line(lam: torch.Tensor, w: torch.Tensor, f: torch.Tensor) -> torch.
     """[2]: (a, b) of the line a + b lam closest to f on the nodes lam, weighted by w (normal
     equations in lam / max lam); a constant where the nodes cannot support a slope."""
     scale = float(lam.max())
-    weight = float(w.sum())
-    mean_f = float((w * f).sum()) / weight
+    weight, g0 = float(w.sum()), float((w * f).sum())
+    constant = torch.tensor([g0 / weight, 0.0], dtype=torch.float64)
     if scale <= 0:
-        return torch.tensor([mean_f, 0.0], dtype=torch.float64)
+        return constant
     t = lam / scale
     s1, s2 = float((w * t).sum()), float((w * t * t).sum())
     det = weight * s2 - s1 * s1
     if det <= 1e-12 * weight * s2:
-        return torch.tensor([mean_f, 0.0], dtype=torch.float64)
-    g0, g1 = float((w * f).sum()), float((w * t * f).sum())
+        return constant
+    g1 = float((w * t * f).sum())
     return torch.tensor([(s2 * g0 - s1 * g1) / det, (weight * g1 - s1 * g0) / det / scale], dtype=torch.float64)
 
 
@@ -242,16 +242,6 @@ def _erank_from_sums(total: float, total_log: float, m: int) -> float:
     if total <= 0:
         return 0.0
     return min(max(math.exp(math.log(total) - total_log / total), 1.0), float(m))
-
-
-def _erank_from_eigenvalues(lam: torch.Tensor) -> float:
-    """Exact erank from the Gram eigenvalues lam (negative rounding clamped to 0)."""
-    sigma = lam.clamp_min(0).sqrt()
-    total = sigma.sum()
-    if total == 0:
-        return 0.0
-    q = sigma / total
-    return float(torch.exp(-torch.xlogy(q, q).sum()))
 
 
 ERANK_ESTIMATORS = {"exact": erank_one, "fast": erank_fast_one}

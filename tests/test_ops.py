@@ -50,8 +50,9 @@ def test_opcheck_prune(name):
         (torch.randn(2, 30, 40).half(), torch.tensor([30, 4])),
         (torch.randn(1, 9, 3).bfloat16(), None, "exact"),
         (torch.zeros(2, 4, 4),),
+        (torch.randn(2, 90, 70), torch.tensor([90, 77]), "fast"),
     ],
-    ids=["fp32", "fp16-lengths", "bf16-method", "zeros"],
+    ids=["fp32", "fp16-lengths", "bf16-method", "zeros", "fast-deflated"],
 )
 def test_opcheck_erank(args):
     torch.library.opcheck(torch.ops.ada_vtp.erank.default, args)

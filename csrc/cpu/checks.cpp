@@ -172,12 +172,15 @@ void check_keep(int64_t keep, int64_t n, const std::vector<int64_t>& lengths) {
   }
 }
 
-void check_erank_method(const std::string& method) { check_choice("erank method", method, {"exact", "fast"}); }
+// defaults.ERANK_METHODS
+const std::initializer_list<const char*> kErankMethods = {"exact", "fast"};
+
+void check_erank_method(const std::string& method) { check_choice("erank method", method, kErankMethods); }
 
 void check_params(const PruneParams& p) {
   check_choice("method", p.method, {"attention", "divprune", "dpp", "vispruner", "mix", "mix_adaptive", "agile"});
   check_choice("complexity", p.complexity, {"erank", "entropy"});
-  check_choice("erank_method", p.erank_method, {"exact", "fast"});
+  check_choice("erank_method", p.erank_method, kErankMethods);
   check_range("important_ratio", p.important_ratio, 0.0, 1.0, false);
   check_range("attention_ratio", p.attention_ratio, 0.0, 1.0, false);
   check_range("gain", p.gain, -kInf, kInf, false);

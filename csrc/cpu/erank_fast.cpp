@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "image.h"
+
 namespace ada_vtp::cpu {
 namespace {
 
@@ -85,15 +87,6 @@ void orthonormalize_rows(at::Tensor& y) {
   }
 }
 
-// reference._erank_from_eigenvalues
-double erank_from_eigenvalues(const at::Tensor& lam) {
-  auto sigma = lam.clamp_min(0).sqrt();
-  auto total = sigma.sum();
-  if (total.item<double>() == 0.0) return 0.0;
-  auto q = sigma / total;
-  return at::exp(-at::xlogy(q, q).sum()).item<double>();
-}
-
 // reference._control_line: a + b lam fitted to f on the nodes, weighted by w
 void control_line(const std::vector<double>& lam, const std::vector<double>& w, const std::vector<double>& f,
                   double& a, double& b) {
@@ -131,10 +124,7 @@ double erank_fast_one(const at::Tensor& xs) {
   auto apply_a = [&](const at::Tensor& v) { return tokens ? at::mm(v, xs) : at::mm(v, xs.t()); };
   auto apply_at = [&](const at::Tensor& u) { return tokens ? at::mm(u, xs.t()) : at::mm(u, xs); };
 
-  if (m <= kBlock) {
-    auto x = xs.to(at::kDouble);
-    return erank_from_eigenvalues(at::linalg_eigvalsh(tokens ? at::mm(x, x.t()) : at::mm(x.t(), x)));
-  }
+  if (m <= kBlock) return erank_one(xs);
   auto q = probe_rows(m, kBlock, 0);
   for (int step = 0; step < kPowerSteps; ++step) {
     q = apply_at(apply_a(q)).contiguous();
