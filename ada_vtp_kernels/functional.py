@@ -6,7 +6,9 @@ Each function takes ``backend=``:
   device (the C++ kernels on CPU; the Triton kernels on CUDA once they land);
 - ``"cpu"``: the C++ CPU kernels, CPU tensors only;
 - ``"reference"``: the pure-PyTorch specification in `reference.py` (slow, any device);
-- ``"triton"``: the Triton kernels (not yet part of the package: a clear error until then).
+- ``"triton"``: the Triton kernels (`ada_vtp_kernels.triton`): so far erank method ``"fast"``
+  only (a clear error for the rest until the fused GPU pass lands); CUDA tensors, or CPU tensors
+  with ``TRITON_INTERPRET=1`` set before the first import.
 
 All backends return identical indices (shared/DESIGN.md).
 """
@@ -19,13 +21,13 @@ from .reference import PruneResult
 BACKENDS = ("auto", "cpu", "reference", "triton")
 
 
-def _check_backend(backend: str, *tensors) -> None:
+def _check_backend(backend: str, *tensors, triton_ready: bool = False) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
-    if backend == "triton":
+    if backend == "triton" and not triton_ready:
         raise NotImplementedError(
-            "backend='triton' is not available yet: the Triton kernels are tracked by the fused GPU pass "
-            "issue; use backend='cpu' or 'reference'"
+            "backend='triton' implements only erank(method='fast') so far: the other Triton kernels are "
+            "tracked by the fused GPU pass issue; use backend='cpu' or 'reference'"
         )
     if backend in ("auto", "cpu"):
         ops.require_extension()
@@ -154,9 +156,17 @@ def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: s
         >>> x = torch.randn(1, 576, 1024)
         >>> erank(x)   # close to 576 for white noise
     """
-    _check_backend(backend, features, lengths)
+    _check_backend(backend, features, lengths, triton_ready=method == "fast")
     if backend == "reference":
         return reference.erank_ref(features, lengths, method)
+    if backend == "triton":
+        try:
+            from .triton.erank_fast import erank_fast
+        except ImportError as error:
+            raise ImportError(
+                f"backend='triton' needs the triton package (pip install triton==3.9.0): {error}"
+            ) from error
+        return erank_fast(features, lengths)
     return torch.ops.ada_vtp.erank(features, lengths, method)
 
 

@@ -17,10 +17,6 @@ from ada_vtp_kernels.spectra import synthetic_features
 GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "peers_real.pt"
 SPECTRA = ["pow0.5", "pow1", "pow2", "exp", "flat", "rank1", "rank10"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# known gap (issue 3 open): a fixed 64-column deflation, 8 probes and 8 Lanczos steps leave too
-# much of a min(n, D) > 576 spectrum to the quadrature (measured max: 4.3 % at 2880 x 1024,
-# 10.5 % at 2880 x 4096, on the power-law and exponential spectra)
-UNDER_RESOLVED = "fast erank under-resolves min(n, D) > 576 (4-10 % max error); parameters must grow with the size"
 
 
 def exact(x: torch.Tensor) -> float:
@@ -111,12 +107,8 @@ def test_accuracy_synthetic(spectrum):
 
 @pytest.mark.slow
 @pytest.mark.requires_ext
-@pytest.mark.parametrize("n,dim", [
-    pytest.param(2880, 1024, marks=pytest.mark.xfail(strict=True, reason=UNDER_RESOLVED)),
-    pytest.param(2880, 4096, marks=pytest.mark.xfail(strict=True, reason=UNDER_RESOLVED)),
-    (576, 4096),
-    (64, 4096),
-])
+# 768 x 1024 is the largest image on the 64-column block, 2880 x 1024 the smallest on 128 columns
+@pytest.mark.parametrize("n,dim", [(2880, 1024), (2880, 4096), (576, 4096), (768, 1024), (64, 4096)])
 def test_accuracy_synthetic_large(n, dim):
     pairs = []
     for spectrum in SPECTRA:

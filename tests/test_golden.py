@@ -100,5 +100,6 @@ def test_other_methods_cpu_equals_reference_on_real_features(golden, method, ext
     b = vtp.prune(golden["features"], golden["scores"], 64, method, compute_erank=True, backend="reference", **extra)
     differ = [golden["names"][i] for i in range(8) if not torch.equal(a.indices[i], b.indices[i])]
     assert not differ, f"{method}: cpu and reference differ on {differ}"
-    torch.testing.assert_close(a.erank, b.erank, rtol=1e-5, atol=0)
+    # the default "fast" erank: fp32 products against the fp64 reference
+    torch.testing.assert_close(a.erank, b.erank, rtol=1e-4, atol=0)
     torch.testing.assert_close(a.entropy, b.entropy, rtol=1e-5, atol=0)

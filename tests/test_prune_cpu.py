@@ -277,7 +277,8 @@ def test_erank_matches_reference(case, dtype):
     want = vtp.erank(x, lengths, backend="reference")
     got = vtp.erank(x, lengths, backend="cpu")
     assert got.dtype == torch.float32 and got.shape == (case.batch,)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # the default "fast" erank: fp32 products against the fp64 reference (measured 3e-5 at 576 x 4096)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(3, 576, 1024), (2, 50, 600), (1, 600, 40)], ids=str)

@@ -14,6 +14,8 @@ namespace {
 
 // defaults.FAST_ERANK_*, reference.ORTH_DROP
 constexpr int64_t kBlock = 64;
+constexpr int64_t kLargeBlock = 128;
+constexpr int64_t kLargeAbove = 768;
 constexpr int kPowerSteps = 2;
 constexpr int64_t kProbes = 8;
 constexpr int64_t kSteps = 8;
@@ -41,15 +43,21 @@ at::Tensor probe_rows(int64_t m, int64_t cols, uint32_t stream) {
   return out;
 }
 
-// fp32 dot product in 8 independent lanes (vectorisable without reassociating one sum), fp64 total
+// fp32 dot product in 8 independent lanes (vectorisable without reassociating one sum), flushed
+// into an fp64 total every kChunk elements: one fp32 sum over millions of squares (the trace of a
+// 2880 x 4096 image) drifts by about length x 6e-8, which once cost 6 % of an erank.
 double dot(const float* a, const float* b, int64_t m) {
-  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= m; i += 8) {
-    for (int l = 0; l < 8; ++l) lane[l] += a[i + l] * b[i + l];
-  }
+  constexpr int64_t kChunk = 1024;
   double total = 0.0;
-  for (int l = 0; l < 8; ++l) total += lane[l];
+  int64_t i = 0;
+  while (m - i >= 8) {
+    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const int64_t end = i + std::min(kChunk, (m - i) / 8 * 8);
+    for (; i < end; i += 8) {
+      for (int l = 0; l < 8; ++l) lane[l] += a[i + l] * b[i + l];
+    }
+    for (int l = 0; l < 8; ++l) total += lane[l];
+  }
   for (; i < m; ++i) total += static_cast<double>(a[i]) * b[i];
   return total;
 }
@@ -85,6 +93,32 @@ void orthonormalize_rows(at::Tensor& y) {
       for (int64_t t = 0; t < m; ++t) w[t] *= inv;
     }
   }
+}
+
+// rows of `out` [c, m] = rows of y [c, m] / norm (a zero row where the norm is 0)
+void scale_rows(const at::Tensor& y, const std::vector<double>& norm, at::Tensor out) {
+  const int64_t m = y.size(1);
+  for (int64_t c = 0; c < y.size(0); ++c) {
+    const float inv = norm[c] > 0.0 ? static_cast<float>(1.0 / norm[c]) : 0.0f;
+    const float* src = y.data_ptr<float>() + c * m;
+    float* dst = out.data_ptr<float>() + c * m;
+    for (int64_t t = 0; t < m; ++t) dst[t] = src[t] * inv;
+  }
+}
+
+// Fraction of ||X||_F**2 below which the remainder's trace is computed as ||X - B Qᵀ||_F**2
+// rather than as ||X||_F**2 - ||B||_F**2: the difference of fp32-accurate sums loses about
+// 1e-7 of ||X||_F**2, which is at most 1e-4 of a remainder this large, and a product with X less.
+constexpr double kTraceBySubtraction = 1e-3;
+
+// tr(P G P) = ||a P||_F**2 of the remainder; B = a Q as rows [k, rows], Q rows [k, m]
+double remainder_trace(const at::Tensor& xs, const at::Tensor& q, const at::Tensor& b, bool tokens) {
+  const double total = dot(xs.data_ptr<float>(), xs.data_ptr<float>(), xs.numel());
+  const double kept = dot(b.data_ptr<float>(), b.data_ptr<float>(), b.numel());
+  if (total - kept >= kTraceBySubtraction * total) return total - kept;
+  const at::Tensor a = tokens ? xs.t() : xs;  // [rows, m]
+  const auto residual = at::addmm(a, b.t(), q, 1, -1).contiguous();
+  return dot(residual.data_ptr<float>(), residual.data_ptr<float>(), residual.numel());
 }
 
 // reference._control_line: a + b lam fitted to f on the nodes, weighted by w
@@ -125,9 +159,12 @@ double erank_fast_one(const at::Tensor& xs) {
   auto apply_at = [&](const at::Tensor& u) { return tokens ? at::mm(u, xs.t()) : at::mm(u, xs); };
 
   if (m <= kBlock) return erank_one(xs);
-  auto q = probe_rows(m, kBlock, 0);
+  const int64_t block = m > kLargeAbove ? kLargeBlock : kBlock;  // reference.fast_erank_block
+  auto q = probe_rows(m, block, 0);
   for (int step = 0; step < kPowerSteps; ++step) {
-    q = apply_at(apply_a(q)).contiguous();
+    auto u = apply_a(q).contiguous();
+    orthonormalize_rows(u);
+    q = apply_at(u).contiguous();
     orthonormalize_rows(q);
   }
   auto b = apply_a(q);  // [k, rows]
@@ -142,36 +179,64 @@ double erank_fast_one(const at::Tensor& xs) {
   }
 
   int64_t rank_q = 0;
-  for (int64_t i = 0; i < kBlock; ++i) {
+  for (int64_t i = 0; i < block; ++i) {
     const float* row = q.data_ptr<float>() + i * m;
     rank_q += std::any_of(row, row + m, [](float v) { return v != 0.0f; });
   }
-  const at::Tensor a = tokens ? xs.t() : xs;  // [rows, m]
   const double dimension = static_cast<double>(m - rank_q);
-  const auto residual = at::addmm(a, b.t(), q, 1, -1).contiguous();
-  const double trace = dot(residual.data_ptr<float>(), residual.data_ptr<float>(), residual.numel());
+  const double trace = remainder_trace(xs, q, b, tokens);
   if (dimension > 0) {
+    // the probes' Lanczos recurrences side by side: basis_at(j, c), m floats, is probe c's vector j
+    auto basis = at::empty({kSteps, kProbes, m}, xs.options());
+    auto basis_at = [&, base = basis.data_ptr<float>()](int64_t i, int64_t c) { return base + (i * kProbes + c) * m; };
     auto z = probe_rows(m, kProbes, 1);
-    for (int pass = 0; pass < 2; ++pass) z = z - at::mm(at::mm(z, q.t()), q);
-    auto beta0 = at::linalg_vector_norm(z.to(at::kDouble), 2, {1});
-    auto floor = std::numeric_limits<double>::min();
-    std::vector<at::Tensor> basis{(z.to(at::kDouble) / beta0.clamp_min(floor).unsqueeze(1)).to(at::kFloat)};
+    for (int pass = 0; pass < 2; ++pass) z.addmm_(at::mm(z, q.t()), q, 1, -1);
+    std::vector<double> beta0(kProbes);
+    for (int64_t c = 0; c < kProbes; ++c) {
+      beta0[c] = std::sqrt(dot(z.data_ptr<float>() + c * m, z.data_ptr<float>() + c * m, m));
+    }
+    scale_rows(z, beta0, basis[0]);
     auto alpha = at::zeros({kSteps, kProbes}, at::TensorOptions().dtype(at::kDouble));
     auto beta = at::zeros({kSteps, kProbes}, at::TensorOptions().dtype(at::kDouble));
+    auto al = alpha.accessor<double, 2>();
+    auto be = beta.accessor<double, 2>();
     for (int64_t j = 0; j < kSteps; ++j) {
-      auto av = apply_a(basis[j]);
-      alpha[j] = av.to(at::kDouble).square().sum(1);
-      if (j == kSteps - 1) break;
-      auto w = apply_at(av) - alpha[j].to(at::kFloat).unsqueeze(1) * basis[j];
-      if (j > 0) w = w - beta[j - 1].to(at::kFloat).unsqueeze(1) * basis[j - 1];
-      auto previous = at::stack(basis);  // [j + 1, p, m]
-      for (int pass = 0; pass < 2; ++pass) {
-        w = w - at::mm(at::mm(w, q.t()), q);
-        w = w - (previous * (previous * w).sum(2, true)).sum(0);
+      const auto v = basis[j];
+      const auto av = apply_a(v).contiguous();  // [p, rows]
+      const int64_t rows = av.size(1);
+      for (int64_t c = 0; c < kProbes; ++c) {
+        al[j][c] = dot(av.data_ptr<float>() + c * rows, av.data_ptr<float>() + c * rows, rows);
       }
-      auto norm = at::linalg_vector_norm(w.to(at::kDouble), 2, {1});
-      beta[j] = norm;
-      basis.push_back((w.to(at::kDouble) / norm.clamp_min(floor).unsqueeze(1)).to(at::kFloat));
+      if (j == kSteps - 1) break;
+      auto w = apply_at(av).contiguous();  // [p, m]
+      float* wp = w.data_ptr<float>();
+      for (int64_t c = 0; c < kProbes; ++c) {
+        const float ca = static_cast<float>(al[j][c]);
+        const float cb = j > 0 ? static_cast<float>(be[j - 1][c]) : 0.0f;
+        const float* vj = basis_at(j, c);
+        const float* vp = j > 0 ? basis_at(j - 1, c) : vj;
+        float* wc = wp + c * m;
+        for (int64_t t = 0; t < m; ++t) wc[t] -= ca * vj[t] + cb * vp[t];
+      }
+      // full reorthogonalisation, twice: against Q, then against the probe's earlier vectors
+      for (int pass = 0; pass < 2; ++pass) {
+        w.addmm_(at::mm(w, q.t()), q, 1, -1);
+        for (int64_t c = 0; c < kProbes; ++c) {
+          float* wc = wp + c * m;
+          for (int64_t i = 0; i <= j; ++i) {
+            const float* vi = basis_at(i, c);
+            const float coef = static_cast<float>(dot(vi, wc, m));
+            for (int64_t t = 0; t < m; ++t) wc[t] -= coef * vi[t];
+          }
+        }
+      }
+      std::vector<double> norm(kProbes);
+      for (int64_t c = 0; c < kProbes; ++c) {
+        norm[c] = std::sqrt(dot(wp + c * m, wp + c * m, m));
+        be[j][c] = norm[c];
+      }
+      auto next = basis[j + 1];
+      scale_rows(w, norm, next);
     }
     // Gauss (kSteps - 1 nodes) and anti-Gauss (kSteps nodes) rules of every probe
     std::vector<double> lam, weight;
@@ -179,8 +244,6 @@ double erank_fast_one(const at::Tensor& xs) {
       const bool anti = nodes == kSteps;
       auto t = at::zeros({kProbes, nodes, nodes}, at::TensorOptions().dtype(at::kDouble));
       auto acc = t.accessor<double, 3>();
-      auto al = alpha.accessor<double, 2>();
-      auto be = beta.accessor<double, 2>();
       for (int64_t c = 0; c < kProbes; ++c) {
         for (int64_t i = 0; i < nodes; ++i) acc[c][i][i] = al[i][c];
         for (int64_t i = 0; i + 1 < nodes; ++i) {
@@ -192,7 +255,7 @@ double erank_fast_one(const at::Tensor& xs) {
       auto th = theta_t.accessor<double, 2>();
       auto ve = vectors.accessor<double, 3>();
       for (int64_t c = 0; c < kProbes; ++c) {
-        const double b0 = beta0.data_ptr<double>()[c];
+        const double b0 = beta0[c];
         for (int64_t i = 0; i < nodes; ++i) {
           lam.push_back(std::max(th[c][i], 0.0));
           weight.push_back(ve[c][0][i] * ve[c][0][i] * b0 * b0 / (2.0 * kProbes));

@@ -30,6 +30,13 @@ double erank_of(const at::Tensor& xs, const std::string& method) {
   return method == "fast" ? cpu::erank_fast_one(xs) : cpu::erank_one(xs);
 }
 
+// "fast" is a sequence of matrix products, each parallel itself, and "exact" one eigensolver:
+// with fewer images than threads, "fast" runs image after image so that its products get every
+// thread (inside a parallel_for they would run on one).
+bool erank_image_by_image(const std::string& method, int64_t batch) {
+  return method == "fast" && batch < at::get_num_threads();
+}
+
 int64_t mix_attention_count(int64_t k, double ratio) {
   return static_cast<int64_t>(std::floor(static_cast<double>(k) * ratio + 0.5));
 }
@@ -107,6 +114,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
   const bool reads_features =
       with_erank || !(method == "attention" || (method == "mix" && mix_attention_count(keep, attention_ratio) == keep));
 
+  std::vector<double> eranks(batch, std::numeric_limits<double>::quiet_NaN());
+  const bool erank_first = with_erank && erank_image_by_image(erank_method, batch);
+  if (erank_first) {
+    for (int64_t b = 0; b < batch; ++b) {
+      eranks[b] = erank_of(cpu::rescale(features[b].narrow(0, 0, len[b]), amax[b]), erank_method);
+    }
+  }
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t nb = len[b];
@@ -115,7 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
       at::Tensor xs;  // attention-only selections never read the features
       if (reads_features) xs = cpu::rescale(features[b].narrow(0, 0, nb), amax[b]);
       const double entropy = cpu::attention_entropy_one(scores[b].narrow(0, 0, nb));
-      const double erank = with_erank ? erank_of(xs, erank_method) : std::numeric_limits<double>::quiet_NaN();
+      if (with_erank && !erank_first) eranks[b] = erank_of(xs, erank_method);
+      const double erank = eranks[b];
       auto chosen = select_one(p, xs, nb, s, r, keep, erank, entropy);
       std::sort(chosen.begin(), chosen.end());
       std::copy(chosen.begin(), chosen.end(), indices.data_ptr<int64_t>() + b * keep);
@@ -134,9 +149,7 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
   auto len = cpu::check_lengths(lengths, batch, features.size(1), features.device());
   const auto amax = cpu::check_finite_features(features, len);
   auto out = at::empty({batch}, features.options().dtype(at::kFloat));
-  // "fast" is a sequence of matrix products, each parallel itself; "exact" is one eigensolver
-  // per image, parallel over the batch
-  const int64_t grain = method == "fast" ? batch : 1;
+  const int64_t grain = erank_image_by_image(method, batch) ? batch : 1;
   at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       out.data_ptr<float>()[b] = static_cast<float>(erank_of(cpu::rescale(features[b].narrow(0, 0, len[b]), amax[b]), method));

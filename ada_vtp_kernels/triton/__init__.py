@@ -1,0 +1,1 @@
+"""Triton GPU kernels (run on the CPU under TRITON_INTERPRET=1 for testing)."""

@@ -1,0 +1,20 @@
+"""Where the Triton kernels may run: CUDA tensors, or CPU tensors under the Triton interpreter."""
+
+import torch
+import triton
+
+# TRITON_INTERPRET=1 as triton.jit saw it when the kernel modules were imported (it decides, once,
+# whether the kernels are interpreted on the CPU or compiled for the GPU)
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+
+def check_device(name: str, tensor: torch.Tensor, module: str) -> None:
+    """Raise unless `tensor` (argument `name` of a launcher in `module`) is where the kernels run."""
+    if tensor.device.type == "cpu":
+        if not INTERPRETED:
+            raise RuntimeError(
+                f"{name} is a CPU tensor but Triton is not in interpreter mode: pass CUDA tensors, or set "
+                f"TRITON_INTERPRET=1 before importing {module}"
+            )
+    elif tensor.device.type != "cuda":
+        raise ValueError(f"{name} must be on a CUDA device (or the CPU under TRITON_INTERPRET=1), got {tensor.device}")
