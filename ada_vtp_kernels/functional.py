@@ -6,12 +6,14 @@ Each function takes ``backend=``:
   device (the C++ kernels on CPU; the Triton kernels on CUDA once they land);
 - ``"cpu"``: the C++ CPU kernels, CPU tensors only;
 - ``"reference"``: the pure-PyTorch specification in `reference.py` (slow, any device);
-- ``"triton"``: the Triton kernels (`ada_vtp_kernels.triton`): so far erank method ``"fast"``
-  only (a clear error for the rest until the fused GPU pass lands); CUDA tensors, or CPU tensors
+- ``"triton"``: the Triton kernels (`ada_vtp_kernels.triton`): so far erank method ``"fast"`` and
+  attention_entropy only (a clear error for the rest until the fused GPU pass lands); CUDA tensors, or CPU tensors
   with ``TRITON_INTERPRET=1`` set before the first import.
 
 All backends return identical indices (shared/DESIGN.md).
 """
+
+import importlib
 
 import torch
 
@@ -26,8 +28,8 @@ def _check_backend(backend: str, *tensors, triton_ready: bool = False) -> None:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
     if backend == "triton" and not triton_ready:
         raise NotImplementedError(
-            "backend='triton' implements only erank(method='fast') so far: the other Triton kernels are "
-            "tracked by the fused GPU pass issue; use backend='cpu' or 'reference'"
+            "backend='triton' implements only erank(method='fast') and attention_entropy so far: the other "
+            "Triton kernels are tracked by the fused GPU pass issue; use backend='cpu' or 'reference'"
         )
     if backend in ("auto", "cpu"):
         ops.require_extension()
@@ -35,6 +37,15 @@ def _check_backend(backend: str, *tensors, triton_ready: bool = False) -> None:
         for t in tensors:
             if isinstance(t, torch.Tensor) and t.device.type != "cpu":
                 raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {t.device}")
+
+
+def _triton_module(name: str):
+    """ada_vtp_kernels.triton.<name>, imported on first use (importing it decides, once, whether the
+    kernels are interpreted: TRITON_INTERPRET)."""
+    try:
+        return importlib.import_module(f".triton.{name}", __package__)
+    except ImportError as error:
+        raise ImportError(f"backend='triton' needs the triton package (pip install triton==3.9.0): {error}") from error
 
 
 def prune(
@@ -160,13 +171,7 @@ def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: s
     if backend == "reference":
         return reference.erank_ref(features, lengths, method)
     if backend == "triton":
-        try:
-            from .triton.erank_fast import erank_fast
-        except ImportError as error:
-            raise ImportError(
-                f"backend='triton' needs the triton package (pip install triton==3.9.0): {error}"
-            ) from error
-        return erank_fast(features, lengths)
+        return _triton_module("erank_fast").erank_fast(features, lengths)
     return torch.ops.ada_vtp.erank(features, lengths, method)
 
 
@@ -182,9 +187,11 @@ def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor | None = None,
     Returns:
         [B] float32; all-zero scores count as uniform (ln n).
     """
-    _check_backend(backend, scores, lengths)
+    _check_backend(backend, scores, lengths, triton_ready=True)
     if backend == "reference":
         return reference.attention_entropy_ref(scores, lengths)
+    if backend == "triton":
+        return _triton_module("entropy").attention_entropy(scores, lengths)
     return torch.ops.ada_vtp.attention_entropy(scores, lengths)
 
 

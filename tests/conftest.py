@@ -9,12 +9,19 @@
 - `make_scores` gives distinct positive scores, `make_lengths` ragged valid lengths.
 """
 
+import os
 import random
 
 import pytest
 import torch
 
-from ada_vtp_kernels import ops
+# Without a GPU the Triton kernels run under the interpreter.  triton reads TRITON_INTERPRET when it
+# is first imported (its own @jit helpers, tl.max and the like, are built for the interpreter or
+# not), so it is set here, before any test module can import triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from ada_vtp_kernels import ops  # noqa: E402
 
 EXT_SKIP_REASON = (
     "the ada_vtp C++ extension is not loaded (ada_vtp_kernels.ops.extension_loaded() is False); "

@@ -1,0 +1,70 @@
+"""Attention entropy as a Triton kernel: one program per image, two passes over its scores.
+
+Math (reference.attention_entropy_one): with s the n_b valid scores of image b, S = sum s and
+p = s / S, H = -sum p ln p (0 ln 0 = 0), in nats; all-zero scores count as uniform, H = ln n_b.
+Sums and logarithms in fp64, like the reference and the C++ kernel; the result is rounded once to
+fp32.  The summation order differs from theirs (tiles of BLOCK_N, then a tree), which moves H by
+about 1e-15 relative.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _validation
+from ._device import check_device
+
+BLOCK_N = 1024  # LLaVA-1.5's 576 scores in one tile, LLaVA-NeXT's 2880 in three
+
+
+@triton.jit
+def _attention_entropy_kernel(
+    s_ptr, stride_sb, stride_sn,  # scores [B, N]
+    lengths_ptr,  # [B] int32
+    out_ptr,  # [B] fp32
+    BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    n = tl.load(lengths_ptr + b)
+    row = s_ptr + b * stride_sb
+    total = tl.zeros((BLOCK_N,), tl.float64)
+    for start in range(0, n, BLOCK_N):
+        i = start + tl.arange(0, BLOCK_N)
+        total += tl.load(row + i * stride_sn, mask=i < n, other=0.0).to(tl.float64)
+    s_total = tl.sum(total, axis=0)
+    # all-zero scores: uniform (a divisor of 1 keeps the unused branch finite)
+    inv = 1.0 / tl.where(s_total > 0, s_total, 1.0)
+    acc = tl.zeros((BLOCK_N,), tl.float64)
+    for start in range(0, n, BLOCK_N):
+        i = start + tl.arange(0, BLOCK_N)
+        p = tl.load(row + i * stride_sn, mask=i < n, other=0.0).to(tl.float64) * inv
+        acc += tl.where(p > 0, p * tl.log(tl.where(p > 0, p, 1.0)), 0.0)
+    entropy = tl.where(s_total > 0, -tl.sum(acc, axis=0), tl.log(n.to(tl.float64)))
+    tl.store(out_ptr + b, entropy.to(tl.float32))
+
+
+def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Shannon entropy (nats) of each image's normalised valid scores.
+
+    Args:
+        scores: [B, N] float32/float16/bfloat16/float64, non-negative and finite on valid tokens,
+            any strides; on a CUDA device, or the CPU under TRITON_INTERPRET=1.
+        lengths: [B] int, optional: valid tokens per image (default N); the scores after an
+            image's length are never read.
+
+    Returns:
+        [B] float32; all-zero scores count as uniform (ln n).
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.numel() == 0:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        _validation._fail(f"scores must be a non-empty tensor [B, N], got {got}")
+    check_device("scores", scores, __name__)
+    batch, n = scores.shape
+    checked = _validation.check_lengths(lengths, batch, n, scores.device)
+    _validation.check_row_values("scores", scores, batch, n, scores.device, checked)
+    out = torch.empty(batch, dtype=torch.float32, device=scores.device)
+    _attention_entropy_kernel[(batch,)](
+        scores, scores.stride(0), scores.stride(1), checked.to(device=scores.device, dtype=torch.int32), out,
+        BLOCK_N=BLOCK_N,
+    )
+    return out
