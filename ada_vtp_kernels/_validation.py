@@ -74,6 +74,13 @@ def check_row_values(name: str, values, batch: int, n: int, device, lengths: tor
             _fail(f"{name}[{b}, {j}] = {_num(row[j].item())} is negative; expected values >= 0")
 
 
+def check_scores(scores) -> None:
+    """scores: a non-empty [B, N] tensor (the attention entropy's input; values: check_row_values)."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.numel() == 0:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        _fail(f"scores must be a non-empty tensor [B, N], got {got}")
+
+
 def check_finite_features(features: torch.Tensor, lengths: torch.Tensor) -> None:
     for b in range(features.shape[0]):
         rows = features[b, : int(lengths[b])]

@@ -263,9 +263,7 @@ def attention_entropy_ref(scores: torch.Tensor, lengths: torch.Tensor | None = N
     Returns:
         [B] float32, nats.
     """
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.numel() == 0:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        _validation._fail(f"scores must be a non-empty tensor [B, N], got {got}")
+    _validation.check_scores(scores)
     batch, n = scores.shape
     lengths = _validation.check_lengths(lengths, batch, n, scores.device)
     _validation.check_row_values("scores", scores, batch, n, scores.device, lengths)

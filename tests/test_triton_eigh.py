@@ -1,23 +1,20 @@
 """The Triton Jacobi eigensolver (ada_vtp_kernels.triton.eigh) against torch.linalg.eigh in float64.
 
-Without CUDA the kernel runs under the Triton interpreter (TRITON_INTERPRET=1, set before the kernel
-module is imported), about 1000x slower than a GPU: the sizes are kept small, and the two 64 x 64
+Without CUDA the kernel runs under the Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py
+before triton is imported), about 1000x slower than a GPU: the sizes are kept small, and the two 64 x 64
 cases that need the most sweeps (rank-deficient Grams, clusters) share one batch.
 
 Accuracy targets: eigenvalues within 1e-12 max|λ| of torch.linalg.eigh, eigenvectors orthonormal to
 1e-12, residual ||A V - V diag(λ)||_max <= 1e-12 max|λ|.
 """
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from ada_vtp_kernels.triton import _device  # noqa: E402  (after TRITON_INTERPRET)
+from ada_vtp_kernels.triton import _device  # noqa: E402
 from ada_vtp_kernels.triton.eigh import jacobi_eigh  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

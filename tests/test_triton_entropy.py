@@ -1,23 +1,20 @@
 """The Triton attention entropy (ada_vtp_kernels.triton.entropy) against the reference and the C++ op.
 
-Without CUDA the kernel runs under the Triton interpreter (TRITON_INTERPRET=1, set before the kernel
-module is imported).  All three compute in fp64 and round once to fp32; only the summation order
+Without CUDA the kernel runs under the Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py
+before triton is imported).  All three compute in fp64 and round once to fp32; only the summation order
 differs, so the fp32 results agree to an ulp (asserted: 1e-6 relative, the issue allows 1e-4).
 """
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import ada_vtp_kernels as vtp  # noqa: E402
 from ada_vtp_kernels import reference  # noqa: E402
-from ada_vtp_kernels.triton import _device  # noqa: E402  (after TRITON_INTERPRET)
+from ada_vtp_kernels.triton import _device  # noqa: E402
 from ada_vtp_kernels.triton.entropy import attention_entropy  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,7 +1,7 @@
 """The Triton "fast" erank (ada_vtp_kernels.triton.erank_fast) against the reference and the C++ op.
 
-Without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set before the kernel
-module is imported), about 1000x slower than a GPU, so the shapes stay small.  The interpreted
+Without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py
+before triton is imported), about 1000x slower than a GPU, so the shapes stay small.  The interpreted
 Jacobi eigensolver costs seconds per matrix: under the interpreter the small eigenproblems
 (Rayleigh-Ritz, tridiagonals) go through torch.linalg.eigh, except in the tests that take the
 `jacobi` fixture, which run the whole device pipeline.
@@ -11,19 +11,16 @@ kernel (fp32 products, fp64 reductions, like the Triton kernels).
 """
 
 import functools
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import ada_vtp_kernels as vtp  # noqa: E402
 from ada_vtp_kernels import ops, reference  # noqa: E402
 from ada_vtp_kernels.spectra import synthetic_features  # noqa: E402
-from ada_vtp_kernels.triton import _device  # noqa: E402  (after TRITON_INTERPRET)
+from ada_vtp_kernels.triton import _device  # noqa: E402
 from ada_vtp_kernels.triton import erank_fast as ef  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

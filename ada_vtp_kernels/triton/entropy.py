@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .. import _validation
-from ._device import check_device
+from ._device import check_device, device_lengths
 
 BLOCK_N = 1024  # LLaVA-1.5's 576 scores in one tile, LLaVA-NeXT's 2880 in three
 
@@ -55,16 +55,14 @@ def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor | None = None)
     Returns:
         [B] float32; all-zero scores count as uniform (ln n).
     """
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.numel() == 0:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        _validation._fail(f"scores must be a non-empty tensor [B, N], got {got}")
+    _validation.check_scores(scores)
     check_device("scores", scores, __name__)
     batch, n = scores.shape
     checked = _validation.check_lengths(lengths, batch, n, scores.device)
     _validation.check_row_values("scores", scores, batch, n, scores.device, checked)
     out = torch.empty(batch, dtype=torch.float32, device=scores.device)
     _attention_entropy_kernel[(batch,)](
-        scores, scores.stride(0), scores.stride(1), checked.to(device=scores.device, dtype=torch.int32), out,
+        scores, scores.stride(0), scores.stride(1), device_lengths(lengths, batch, n, scores.device), out,
         BLOCK_N=BLOCK_N,
     )
     return out

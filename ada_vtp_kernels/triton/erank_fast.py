@@ -37,7 +37,7 @@ from triton.language.standard import _elementwise_max, _sum_combine
 
 from .. import _validation, defaults
 from ..reference import ORTH_DROP, fast_erank_block
-from ._device import INTERPRETED, check_device
+from ._device import INTERPRETED, check_device, device_lengths
 from .eigh import jacobi_eigh
 
 PROBES = defaults.FAST_ERANK_PROBES
@@ -161,6 +161,8 @@ def _erank_apply_kernel(
     x_img = x_ptr + b * stride_xb
     v_img = v_ptr + b * stride_vb
     acc = tl.full((BLOCK_R, C), 0.0, tl.float32)
+    # two loops rather than one with the strides picked at run time: each keeps the compiler's
+    # knowledge of which of stride_xn, stride_xd is 1 (contiguous loads)
     if (n < D) != ADJOINT:  # Xᵀ v
         k_end = tl.where(start < D, n, 0)
         for k0 in range(0, k_end, BLOCK_K):
@@ -694,6 +696,4 @@ def erank_fast(features: torch.Tensor, lengths: torch.Tensor | None = None) -> t
     check_device("features", features, __name__)
     checked = _validation.check_lengths(lengths, batch, n, features.device)
     _validation.check_finite_features(features, checked)
-    if lengths is None:
-        lengths = torch.full((batch,), n, dtype=torch.int32, device=features.device)
-    return _erank_fast_fwd(features, lengths.to(torch.int32))
+    return _erank_fast_fwd(features, device_lengths(lengths, batch, n, features.device))

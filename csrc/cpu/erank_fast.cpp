@@ -116,15 +116,19 @@ void orthonormalize_rows(at::Tensor& y) {
   y.copy_(at::mm(inverse_cholesky(at::mm(y, y.t()).to(at::kDouble)).to(at::kFloat), y));
 }
 
-// rows of `out` [c, m] = rows of y [c, m] / norm (a zero row where the norm is 0)
-void scale_rows(const at::Tensor& y, const std::vector<double>& norm, at::Tensor out) {
+// rows of `out` [c, m] = rows of y [c, m] / their norms (a zero row where the norm is 0); returns
+// the norms (fp64)
+std::vector<double> normalize_rows(const at::Tensor& y, at::Tensor out) {
   const int64_t m = y.size(1);
+  std::vector<double> norm(y.size(0));
   for (int64_t c = 0; c < y.size(0); ++c) {
-    const float inv = norm[c] > 0.0 ? static_cast<float>(1.0 / norm[c]) : 0.0f;
     const float* src = y.data_ptr<float>() + c * m;
+    norm[c] = std::sqrt(dot(src, src, m));
+    const float inv = norm[c] > 0.0 ? static_cast<float>(1.0 / norm[c]) : 0.0f;
     float* dst = out.data_ptr<float>() + c * m;
     for (int64_t t = 0; t < m; ++t) dst[t] = src[t] * inv;
   }
+  return norm;
 }
 
 // Fraction of ||X||_F**2 below which the remainder's trace is computed as ||X - B Qᵀ||_F**2
@@ -229,11 +233,7 @@ double erank_fast_one(const at::Tensor& xs) {
     auto basis_at = [&, base = basis.data_ptr<float>()](int64_t i, int64_t c) { return base + (i * kProbes + c) * m; };
     auto z = probe_rows(m, kProbes, 1);
     for (int pass = 0; pass < 2; ++pass) z.addmm_(at::mm(z, q.t()), q, 1, -1);
-    std::vector<double> beta0(kProbes);
-    for (int64_t c = 0; c < kProbes; ++c) {
-      beta0[c] = std::sqrt(dot(z.data_ptr<float>() + c * m, z.data_ptr<float>() + c * m, m));
-    }
-    scale_rows(z, beta0, basis[0]);
+    const std::vector<double> beta0 = normalize_rows(z, basis[0]);
     auto alpha = at::zeros({kSteps, kProbes}, at::TensorOptions().dtype(at::kDouble));
     auto beta = at::zeros({kSteps, kProbes}, at::TensorOptions().dtype(at::kDouble));
     auto al = alpha.accessor<double, 2>();
@@ -268,13 +268,8 @@ double erank_fast_one(const at::Tensor& xs) {
           }
         }
       }
-      std::vector<double> norm(kProbes);
-      for (int64_t c = 0; c < kProbes; ++c) {
-        norm[c] = std::sqrt(dot(wp + c * m, wp + c * m, m));
-        be[j][c] = norm[c];
-      }
-      auto next = basis[j + 1];
-      scale_rows(w, norm, next);
+      const std::vector<double> norm = normalize_rows(w, basis[j + 1]);
+      for (int64_t c = 0; c < kProbes; ++c) be[j][c] = norm[c];
     }
     // Gauss (kSteps - 1 nodes) and anti-Gauss (kSteps nodes) rules of every probe
     std::vector<double> lam, weight;

@@ -115,10 +115,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
       with_erank || !(method == "attention" || (method == "mix" && mix_attention_count(keep, attention_ratio) == keep));
 
   std::vector<double> eranks(batch, std::numeric_limits<double>::quiet_NaN());
+  std::vector<at::Tensor> rescaled(batch);  // filled here when the erank runs first, else below
   const bool erank_first = with_erank && erank_image_by_image(erank_method, batch);
   if (erank_first) {
     for (int64_t b = 0; b < batch; ++b) {
-      eranks[b] = erank_of(cpu::rescale(features[b].narrow(0, 0, len[b]), amax[b]), erank_method);
+      rescaled[b] = cpu::rescale(features[b].narrow(0, 0, len[b]), amax[b]);
+      eranks[b] = erank_of(rescaled[b], erank_method);
     }
   }
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
@@ -126,8 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
       const int64_t nb = len[b];
       const float* s = scores32.data_ptr<float>() + b * n;
       const float* r = relevance32.defined() ? relevance32.data_ptr<float>() + b * n : nullptr;
-      at::Tensor xs;  // attention-only selections never read the features
-      if (reads_features) xs = cpu::rescale(features[b].narrow(0, 0, nb), amax[b]);
+      at::Tensor xs = rescaled[b];  // attention-only selections never read the features
+      if (reads_features && !xs.defined()) xs = cpu::rescale(features[b].narrow(0, 0, nb), amax[b]);
       const double entropy = cpu::attention_entropy_one(scores[b].narrow(0, 0, nb));
       if (with_erank && !erank_first) eranks[b] = erank_of(xs, erank_method);
       const double erank = eranks[b];
