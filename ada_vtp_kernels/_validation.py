@@ -38,14 +38,7 @@ def check_lengths(lengths, batch: int, n: int, device) -> torch.Tensor:
     """Returns lengths as an int64 CPU tensor [B] (N for every row when None)."""
     if lengths is None:
         return torch.full((batch,), n, dtype=torch.int64)
-    if not isinstance(lengths, torch.Tensor):
-        _fail(f"lengths must be an integer torch.Tensor [B], got {type(lengths).__name__}")
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        _fail(f"lengths must have an integer dtype, got {lengths.dtype}")
-    if lengths.shape != (batch,):
-        _fail(f"lengths must have shape [B]=[{batch}], got {tuple(lengths.shape)}")
-    if lengths.device != device:
-        _fail(f"lengths is on {lengths.device} but features is on {device}")
+    check_lengths_metadata(lengths, batch, device)
     lengths = lengths.to("cpu", torch.int64)
     bad = ((lengths < 1) | (lengths > n)).nonzero()
     if bad.numel():
@@ -54,16 +47,21 @@ def check_lengths(lengths, batch: int, n: int, device) -> torch.Tensor:
     return lengths
 
 
+def check_lengths_metadata(lengths, batch: int, device) -> None:
+    """The checks of `check_lengths` that read no values (type, dtype, shape, device)."""
+    if not isinstance(lengths, torch.Tensor):
+        _fail(f"lengths must be an integer torch.Tensor [B], got {type(lengths).__name__}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        _fail(f"lengths must have an integer dtype, got {lengths.dtype}")
+    if lengths.shape != (batch,):
+        _fail(f"lengths must have shape [B]=[{batch}], got {tuple(lengths.shape)}")
+    if lengths.device != device:
+        _fail(f"lengths is on {lengths.device} but features is on {device}")
+
+
 def check_row_values(name: str, values, batch: int, n: int, device, lengths: torch.Tensor) -> None:
     """Checks a [B, N] per-token tensor (scores, relevance): finite and >= 0 on valid tokens."""
-    if not isinstance(values, torch.Tensor):
-        _fail(f"{name} must be a torch.Tensor [B, N], got {type(values).__name__}")
-    if values.shape != (batch, n):
-        _fail(f"{name} must have shape [B, N]=[{batch}, {n}], got {tuple(values.shape)}")
-    if not values.dtype.is_floating_point:
-        _fail(f"{name} must have a floating dtype, got {values.dtype}")
-    if values.device != device:
-        _fail(f"{name} is on {values.device} but features is on {device}")
+    check_row_metadata(name, values, batch, n, device)
     for b in range(batch):
         row = values[b, : int(lengths[b])]
         if not torch.isfinite(row).all():
@@ -72,6 +70,18 @@ def check_row_values(name: str, values, batch: int, n: int, device, lengths: tor
         if (row < 0).any():
             j = int((row < 0).nonzero()[0, 0])
             _fail(f"{name}[{b}, {j}] = {_num(row[j].item())} is negative; expected values >= 0")
+
+
+def check_row_metadata(name: str, values, batch: int, n: int, device) -> None:
+    """The checks of `check_row_values` that read no values (type, shape, dtype, device)."""
+    if not isinstance(values, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor [B, N], got {type(values).__name__}")
+    if values.shape != (batch, n):
+        _fail(f"{name} must have shape [B, N]=[{batch}, {n}], got {tuple(values.shape)}")
+    if not values.dtype.is_floating_point:
+        _fail(f"{name} must have a floating dtype, got {values.dtype}")
+    if values.device != device:
+        _fail(f"{name} is on {values.device} but features is on {device}")
 
 
 def check_scores(scores) -> None:

@@ -3,12 +3,12 @@
 Each function takes ``backend=``:
 
 - ``"auto"`` (default): the registered op ``torch.ops.ada_vtp.*``, dispatched on the tensors'
-  device (the C++ kernels on CPU; the Triton kernels on CUDA once they land);
+  device (the C++ kernels on CPU, the Triton kernels on CUDA);
 - ``"cpu"``: the C++ CPU kernels, CPU tensors only;
 - ``"reference"``: the pure-PyTorch specification in `reference.py` (slow, any device);
-- ``"triton"``: the Triton kernels (`ada_vtp_kernels.triton`): so far erank method ``"fast"`` and
-  attention_entropy only (a clear error for the rest until the fused GPU pass lands); CUDA tensors, or CPU tensors
-  with ``TRITON_INTERPRET=1`` set before the first import.
+- ``"triton"``: the Triton launchers (`ada_vtp_kernels.triton`), called directly: CUDA tensors, or
+  CPU tensors with ``TRITON_INTERPRET=1`` set before triton's first import (the interpreter runs the
+  GPU code path on the CPU, about 1000x slower, for checking it without a GPU).
 
 All backends return identical indices (shared/DESIGN.md).
 """
@@ -23,14 +23,9 @@ from .reference import PruneResult
 BACKENDS = ("auto", "cpu", "reference", "triton")
 
 
-def _check_backend(backend: str, *tensors, triton_ready: bool = False) -> None:
+def _check_backend(backend: str, *tensors) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
-    if backend == "triton" and not triton_ready:
-        raise NotImplementedError(
-            "backend='triton' implements only erank(method='fast') and attention_entropy so far: the other "
-            "Triton kernels are tracked by the fused GPU pass issue; use backend='cpu' or 'reference'"
-        )
     if backend in ("auto", "cpu"):
         ops.require_extension()
     if backend == "cpu":
@@ -137,9 +132,8 @@ def prune(
     )
     if backend == "reference":
         return reference.prune_ref(features, scores, keep, method, lengths=lengths, relevance=relevance, **params)
-    indices, erank_, entropy = torch.ops.ada_vtp.prune(
-        features, scores, keep, method, lengths=lengths, relevance=relevance, **params
-    )
+    op = _triton_module("prune").prune if backend == "triton" else torch.ops.ada_vtp.prune
+    indices, erank_, entropy = op(features, scores, keep, method, lengths=lengths, relevance=relevance, **params)
     return PruneResult(indices, erank_ if erank_.numel() else None, entropy)
 
 
@@ -167,11 +161,11 @@ def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: s
         >>> x = torch.randn(1, 576, 1024)
         >>> erank(x)   # close to 576 for white noise
     """
-    _check_backend(backend, features, lengths, triton_ready=method == "fast")
+    _check_backend(backend, features, lengths)
     if backend == "reference":
         return reference.erank_ref(features, lengths, method)
     if backend == "triton":
-        return _triton_module("erank_fast").erank_fast(features, lengths)
+        return _triton_module("prune").erank(features, lengths, method)
     return torch.ops.ada_vtp.erank(features, lengths, method)
 
 
@@ -187,7 +181,7 @@ def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor | None = None,
     Returns:
         [B] float32; all-zero scores count as uniform (ln n).
     """
-    _check_backend(backend, scores, lengths, triton_ready=True)
+    _check_backend(backend, scores, lengths)
     if backend == "reference":
         return reference.attention_entropy_ref(scores, lengths)
     if backend == "triton":

@@ -2,10 +2,12 @@
 
 The schemas and the CPU kernels live in the compiled extension (csrc/torch_bindings.cpp,
 loaded as ``ada_vtp_kernels._C`` by ``__init__``).  This module adds what only Python can:
-the fake (meta) kernels used by FakeTensor, torch.compile and torch.export, and a clear error
-when the extension is missing.  The CUDA kernels (Triton launchers) are registered here too
-once they land.
+the fake (meta) kernels used by FakeTensor, torch.compile and torch.export, the CUDA kernels
+(the Triton launchers of `ada_vtp_kernels.triton`, imported on their first call), and a clear
+error when the extension is missing.
 """
+
+import importlib
 
 import torch
 
@@ -48,5 +50,30 @@ def _register_fakes() -> None:
         return scores.new_empty((scores.shape[0],), dtype=torch.float32)
 
 
+def _triton_launcher(op: str, module: str):
+    """The CUDA kernel of ``ada_vtp::<op>``: `ada_vtp_kernels.triton.<module>.<op>`, called with
+    every argument by its schema name, imported on the first call (importing triton is slow and
+    needs the package, which CPU-only users may not have)."""
+
+    def launch(*args, **kwargs):
+        try:
+            mod = importlib.import_module(f".triton.{module}", __package__)
+        except ImportError as error:
+            raise ImportError(f"ada_vtp on CUDA tensors needs triton (pip install triton==3.9.0): {error}") from error
+        names = [a.name for a in getattr(torch.ops.ada_vtp, op).default._schema.arguments]
+        return getattr(mod, op)(**dict(zip(names, args)), **kwargs)
+
+    return launch
+
+
+def _register_cuda_kernels() -> torch.library.Library:
+    lib = torch.library.Library("ada_vtp", "IMPL")
+    lib.impl("prune", _triton_launcher("prune", "prune"), "CUDA")
+    lib.impl("erank", _triton_launcher("erank", "prune"), "CUDA")
+    lib.impl("attention_entropy", _triton_launcher("attention_entropy", "entropy"), "CUDA")
+    return lib
+
+
 if extension_loaded():
     _register_fakes()
+    _CUDA_KERNELS = _register_cuda_kernels()  # the registrations live as long as this object

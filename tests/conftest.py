@@ -7,6 +7,10 @@
   {-1, 0, +1} with 4**m non-zeros, so every norm is 2**m and every product a short sum of powers
   of two); with exact cosines every backend must return bit-identical indices.
 - `make_scores` gives distinct positive scores, `make_lengths` ragged valid lengths.
+- `lapack_eigh` stands in for the Triton Jacobi eigensolver under the interpreter, where the
+  interpreted kernel costs seconds per matrix (tests/test_triton_eigh.py checks the kernel itself).
+- ``--interpreter-full`` runs the tests marked ``interpreter_full`` (the whole LLaVA-sized
+  matrix under the Triton interpreter, about 10 minutes); without it CI runs their subset.
 """
 
 import os
@@ -29,17 +33,25 @@ EXT_SKIP_REASON = (
 )
 
 
+def pytest_addoption(parser):
+    parser.addoption("--interpreter-full", action="store_true",
+                     help="also run the interpreter_full tests (every LLaVA-sized Triton case; "
+                          "on a GPU they always run)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "requires_ext: needs the compiled torch.ops.ada_vtp ops")
+    config.addinivalue_line("markers", "interpreter_full: LLaVA-sized Triton cases beyond CI's subset; "
+                                       "under the interpreter they run with --interpreter-full")
 
 
 def pytest_collection_modifyitems(config, items):
-    if ops.extension_loaded():
-        return
-    skip = pytest.mark.skip(reason=EXT_SKIP_REASON)
+    skip_full = not torch.cuda.is_available() and not config.getoption("--interpreter-full")
     for item in items:
-        if "requires_ext" in item.keywords:
-            item.add_marker(skip)
+        if "requires_ext" in item.keywords and not ops.extension_loaded():
+            item.add_marker(pytest.mark.skip(reason=EXT_SKIP_REASON))
+        if "interpreter_full" in item.keywords and skip_full:
+            item.add_marker(pytest.mark.skip(reason="LLaVA-sized interpreter case: pass --interpreter-full"))
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +119,12 @@ def ragged_lengths(batch: int, n: int, minimum: int, generator: torch.Generator 
     if batch > 1:
         lengths[-1] = minimum
     return lengths
+
+
+def lapack_eigh(a: torch.Tensor, vectors: bool):
+    """`triton.eigh.jacobi_eigh`'s signature and results, from torch.linalg.eigh."""
+    values, vecs = torch.linalg.eigh(a)
+    return values, vecs if vectors else None
 
 
 @pytest.fixture

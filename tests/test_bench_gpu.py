@@ -1,5 +1,5 @@
 """benchmarks/bench_gpu.py keeps running without a GPU: its --smoke mode, under the Triton
-interpreter, runs every Triton kernel once on a tiny shape and checks it against the C++ op."""
+interpreter, runs every Triton kernel and every prune method once on a tiny shape and checks them against the C++ op."""
 
 import os
 import subprocess
@@ -20,3 +20,4 @@ def test_bench_gpu_smoke():
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "erank_fast" in run.stdout and "attention_entropy" in run.stdout
+    assert run.stdout.count("identical") >= 6, run.stdout

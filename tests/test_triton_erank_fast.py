@@ -23,14 +23,11 @@ from ada_vtp_kernels.spectra import synthetic_features  # noqa: E402
 from ada_vtp_kernels.triton import _device  # noqa: E402
 from ada_vtp_kernels.triton import erank_fast as ef  # noqa: E402
 
+from conftest import lapack_eigh  # noqa: E402
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"
 RTOL = 1e-4
-
-
-def _lapack_eigh(a: torch.Tensor, vectors: bool):
-    values, vecs = torch.linalg.eigh(a)
-    return values, vecs if vectors else None
 
 
 @pytest.fixture
@@ -41,7 +38,7 @@ def jacobi():
 @pytest.fixture(autouse=True)
 def _eigensolver(request, monkeypatch):
     if INTERPRETED and "jacobi" not in request.fixturenames:
-        monkeypatch.setattr(ef, "jacobi_eigh", _lapack_eigh)
+        monkeypatch.setattr(ef, "jacobi_eigh", lapack_eigh)
 
 
 def scaled_randn(batch: int, n: int, dim: int, seed: int) -> torch.Tensor:
@@ -167,13 +164,9 @@ def test_bad_inputs():
 
 
 def test_functional_backend():
-    """erank(backend="triton") runs these kernels; what is not yet in Triton says so."""
+    """erank(backend="triton") runs these kernels."""
     x, lengths, got = run_case("ragged")
     assert torch.equal(vtp.erank(x.to(DEVICE), lengths.to(DEVICE), backend="triton").cpu(), got)
-    with pytest.raises(NotImplementedError, match=r"only erank\(method='fast'\)"):
-        vtp.erank(x, lengths, "exact", backend="triton")
-    with pytest.raises(NotImplementedError, match=r"only erank\(method='fast'\)"):
-        vtp.prune(x, torch.rand(4, 150), 8, backend="triton")
 
 
 def test_cpu_tensor_needs_the_interpreter(monkeypatch):

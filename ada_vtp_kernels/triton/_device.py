@@ -7,6 +7,12 @@ import triton
 # whether the kernels are interpreted on the CPU or compiled for the GPU)
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
+# Every launch passes this: no fused multiply-adds, so products and sums round separately as in
+# the reference and the C++ kernels (built with -ffp-contract=off); fp64 DPP state and the
+# erank's sums then follow the same arithmetic on every backend.  (Triton 3.9 fuses by default
+# and warns when a launch does not say.)
+NO_FMA = {"enable_fp_fusion": False}
+
 
 def check_device(name: str, tensor: torch.Tensor, module: str) -> None:
     """Raise unless `tensor` (argument `name` of a launcher in `module`) is where the kernels run."""

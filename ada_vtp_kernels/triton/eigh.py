@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import check_device
+from ._device import NO_FMA, check_device
 
 MAX_K = 128  # A, V and M of one matrix are held by one program (the 128-column Rayleigh-Ritz of erank "fast")
 # Measured (64 x 64, TOL 1e-15): <= 9 sweeps for random symmetric matrices, 12-14 for
@@ -180,6 +180,6 @@ def jacobi_eigh(a: torch.Tensor, vectors: bool = True) -> tuple[torch.Tensor, to
     # runs from local memory: correct, slow, for the GPU pass issue to restructure
     _jacobi_eigh_kernel[(batch,)](
         a, w, v if vectors else w, K=k, KB=kb, NP=players, MAX_SWEEPS=MAX_SWEEPS,
-        TOL2=TOL * TOL, VECTORS=vectors, num_warps=4 if kb == 16 else 8,
+        TOL2=TOL * TOL, VECTORS=vectors, num_warps=4 if kb == 16 else 8, **NO_FMA,
     )
     return w, v

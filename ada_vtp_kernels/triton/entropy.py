@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .. import _validation
-from ._device import check_device, device_lengths
+from ._device import NO_FMA, check_device, device_lengths
 
 BLOCK_N = 1024  # LLaVA-1.5's 576 scores in one tile, LLaVA-NeXT's 2880 in three
 
@@ -21,7 +21,7 @@ BLOCK_N = 1024  # LLaVA-1.5's 576 scores in one tile, LLaVA-NeXT's 2880 in three
 def _attention_entropy_kernel(
     s_ptr, stride_sb, stride_sn,  # scores [B, N]
     lengths_ptr,  # [B] int32
-    out_ptr,  # [B] fp32
+    out_ptr,  # [B] fp32 or fp64
     BLOCK_N: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -40,7 +40,7 @@ def _attention_entropy_kernel(
         p = tl.load(row + i * stride_sn, mask=i < n, other=0.0).to(tl.float64) * inv
         acc += tl.where(p > 0, p * tl.log(tl.where(p > 0, p, 1.0)), 0.0)
     entropy = tl.where(s_total > 0, -tl.sum(acc, axis=0), tl.log(n.to(tl.float64)))
-    tl.store(out_ptr + b, entropy.to(tl.float32))
+    tl.store(out_ptr + b, entropy.to(out_ptr.dtype.element_ty))
 
 
 def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,9 +60,14 @@ def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor | None = None)
     batch, n = scores.shape
     checked = _validation.check_lengths(lengths, batch, n, scores.device)
     _validation.check_row_values("scores", scores, batch, n, scores.device, checked)
-    out = torch.empty(batch, dtype=torch.float32, device=scores.device)
-    _attention_entropy_kernel[(batch,)](
-        scores, scores.stride(0), scores.stride(1), device_lengths(lengths, batch, n, scores.device), out,
-        BLOCK_N=BLOCK_N,
+    return _attention_entropy_fwd(scores, device_lengths(lengths, batch, n, scores.device))
+
+
+def _attention_entropy_fwd(scores: torch.Tensor, lengths: torch.Tensor, out_dtype=torch.float32) -> torch.Tensor:
+    """scores [B, N] (validated), lengths [B] int32 on the same device -> [B] `out_dtype` (float32,
+    or float64 for `prune`'s entropy complexity, unrounded like the C++ op's)."""
+    out = torch.empty(scores.shape[0], dtype=out_dtype, device=scores.device)
+    _attention_entropy_kernel[(scores.shape[0],)](
+        scores, scores.stride(0), scores.stride(1), lengths, out, BLOCK_N=BLOCK_N, **NO_FMA,
     )
     return out

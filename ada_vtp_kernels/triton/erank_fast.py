@@ -37,7 +37,7 @@ from triton.language.standard import _elementwise_max, _sum_combine
 
 from .. import _validation, defaults
 from ..reference import ORTH_DROP, fast_erank_block
-from ._device import INTERPRETED, check_device, device_lengths
+from ._device import INTERPRETED, NO_FMA, check_device, device_lengths
 from .eigh import jacobi_eigh
 
 PROBES = defaults.FAST_ERANK_PROBES
@@ -473,7 +473,7 @@ def _erank_finish_kernel(
     rank_ptr,  # [B] int64: non-zero columns of Q
     trace_ptr,  # [B] fp64: ||a - B Qᵀ||²
     lengths_ptr,  # [B] int32
-    out_ptr,  # [B] fp32 out: erank
+    out_ptr,  # [B] fp32 or fp64 out: erank
     D,
     K,
     KP: tl.constexpr,  # K rounded up to a power of two
@@ -516,7 +516,7 @@ def _erank_finish_kernel(
     safe_total = tl.where(positive, total, 1.0)
     fast = tl.minimum(tl.maximum(tl.exp(tl.log(safe_total) - total_log / safe_total), 1.0), m.to(tl.float64))
     erank = tl.where(m <= EXACT_UP_TO, exact, fast)
-    tl.store(out_ptr + b, tl.where(positive, erank, 0.0).to(tl.float32))
+    tl.store(out_ptr + b, tl.where(positive, erank, 0.0).to(out_ptr.dtype.element_ty))
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,7 +536,7 @@ def _rescale_factors(features: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
     tiles = triton.cdiv(n, ABSMAX_BLOCK_N)
     partial = torch.empty((batch, tiles), dtype=torch.float32, device=features.device)
     _erank_absmax_kernel[(batch, tiles)](
-        features, *features.stride(), lengths, partial, dim, BLOCK_N=ABSMAX_BLOCK_N, BLOCK_D=ABSMAX_BLOCK_D,
+        features, *features.stride(), lengths, partial, dim, BLOCK_N=ABSMAX_BLOCK_N, BLOCK_D=ABSMAX_BLOCK_D, **NO_FMA,
     )
     amax = partial.amax(dim=1)
     exponent = torch.frexp(amax).exponent.to(torch.int64)
@@ -566,7 +566,7 @@ def _apply(features, lengths, scale, v, out, adjoint: bool) -> None:
     grid = (batch, triton.cdiv(out.shape[1], APPLY_BLOCK_R))
     _erank_apply_kernel[grid](
         features, *features.stride(), lengths, scale, v, v.stride(0), out, out.stride(0), out.shape[1], dim,
-        ADJOINT=adjoint, C=cols, BLOCK_R=APPLY_BLOCK_R, BLOCK_K=APPLY_BLOCK_K,
+        ADJOINT=adjoint, C=cols, BLOCK_R=APPLY_BLOCK_R, BLOCK_K=APPLY_BLOCK_K, **NO_FMA,
     )
 
 
@@ -576,8 +576,9 @@ def _orthonormalize(y: torch.Tensor, lengths: torch.Tensor, cols: torch.Tensor, 
     )
 
 
-def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """features [B, N, D] (validated), lengths [B] int32 on the same device -> [B] float32."""
+def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor, out_dtype=torch.float32) -> torch.Tensor:
+    """features [B, N, D] (validated), lengths [B] int32 on the same device -> [B] `out_dtype`
+    (float32, or float64 for `prune`, whose thresholds take the unrounded erank like the C++ op)."""
     batch, n_max, dim = features.shape
     device = features.device
     m_rows, a_rows = min(n_max, dim), max(n_max, dim)
@@ -597,7 +598,7 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
         cols = torch.where(exact, 0, _block_columns(m)).to(torch.int32)
         grid = (batch, triton.cdiv(m_rows, APPLY_BLOCK_R))
         _erank_probes_kernel[grid](q, q.stride(0), lengths, cols, dim, m_rows,
-                                   STREAM=STREAM_BLOCK, C=width, BLOCK_R=APPLY_BLOCK_R)
+                                   STREAM=STREAM_BLOCK, C=width, BLOCK_R=APPLY_BLOCK_R, **NO_FMA)
         for _ in range(defaults.FAST_ERANK_POWER_STEPS):
             _apply(features, lengths, scale, q, u, adjoint=False)
             _orthonormalize(u, lengths, cols, dim, rows=True)
@@ -611,7 +612,7 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
     gram = torch.empty((batch, width, width), dtype=torch.float64, device=device)
     grid = (batch, width // GRAM_BLOCK_G, width // GRAM_BLOCK_G)
     _erank_gram_kernel[grid](u, u.stride(0), gram, lengths, dim, C=width, BLOCK_G=GRAM_BLOCK_G,
-                             BLOCK_R=GRAM_BLOCK_R)
+                             BLOCK_R=GRAM_BLOCK_R, **NO_FMA)
     theta = jacobi_eigh(gram[:, :ritz, :ritz], vectors=False)[0].contiguous()
 
     f64 = dict(dtype=torch.float64, device=device)
@@ -623,7 +624,7 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
         partial = torch.empty((batch, tiles), **f64)
         _erank_residual_kernel[(batch, tiles)](
             features, *features.stride(), lengths, scale, q, q.stride(0), u, u.stride(0), partial, dim,
-            C=width, BLOCK_N=RESIDUAL_BLOCK_N, BLOCK_D=RESIDUAL_BLOCK_D,
+            C=width, BLOCK_N=RESIDUAL_BLOCK_N, BLOCK_D=RESIDUAL_BLOCK_D, **NO_FMA,
         )
         trace = partial.sum(dim=1)
 
@@ -634,30 +635,30 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
         probes = torch.full((batch,), PROBES, dtype=torch.int32, device=device)
         grid = (batch, triton.cdiv(m_rows, APPLY_BLOCK_R))
         _erank_probes_kernel[grid](w, w.stride(0), lengths, probes, dim, m_rows,
-                                   STREAM=STREAM_PROBES, C=PROBE_WIDTH, BLOCK_R=APPLY_BLOCK_R)
+                                   STREAM=STREAM_PROBES, C=PROBE_WIDTH, BLOCK_R=APPLY_BLOCK_R, **NO_FMA)
         lanczos = dict(C=width, P=PROBE_WIDTH, S=STEP_SLOTS, TINY=TINY, BLOCK_R=LANCZOS_BLOCK_R,
                        num_warps=LANCZOS_WARPS)
         _erank_lanczos_kernel[(batch,)](w, w.stride(0), basis, q, q.stride(0), alpha, beta, lengths, dim, m_rows,
-                                        -1, FIRST=True, **lanczos)
+                                        -1, FIRST=True, **lanczos, **NO_FMA)
         for step in range(STEPS):
             _apply(features, lengths, scale, basis[:, step], av, adjoint=False)
             _erank_alpha_kernel[(batch,)](av, av.stride(0), alpha, lengths, dim, step, S=STEP_SLOTS,
-                                          P=PROBE_WIDTH, BLOCK_R=LANCZOS_BLOCK_R)
+                                          P=PROBE_WIDTH, BLOCK_R=LANCZOS_BLOCK_R, **NO_FMA)
             if step == STEPS - 1:
                 break
             _apply(features, lengths, scale, av, w, adjoint=True)
             _erank_lanczos_kernel[(batch,)](w, w.stride(0), basis, q, q.stride(0), alpha, beta, lengths, dim,
-                                            m_rows, step, FIRST=False, **lanczos)
+                                            m_rows, step, FIRST=False, **lanczos, **NO_FMA)
         tri = _tridiagonals(alpha[:, :STEPS], beta[:, :STEPS])
         values, vectors = jacobi_eigh(tri.reshape(-1, STEPS, STEPS), vectors=True)
         nodes = values.reshape(batch, -1).contiguous()
         first = vectors[:, 0, :].reshape(batch, -1).contiguous()
 
-    out = torch.empty((batch,), dtype=torch.float32, device=device)
+    out = torch.empty((batch,), dtype=out_dtype, device=device)
     _erank_finish_kernel[(batch,)](
         theta, nodes, first, beta, rank, trace, lengths, out, dim, ritz,
         KP=triton.next_power_of_2(ritz), NQ=PROBES * 2 * STEPS, PROBES=PROBES, S=STEP_SLOTS, P_PAD=PROBE_WIDTH,
-        EXACT_UP_TO=defaults.FAST_ERANK_BLOCK, HAS_QUADRATURE=quadrature,
+        EXACT_UP_TO=defaults.FAST_ERANK_BLOCK, HAS_QUADRATURE=quadrature, **NO_FMA,
     )
     return out
 
