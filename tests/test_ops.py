@@ -85,9 +85,11 @@ def test_opcheck_attention_entropy(args):
 )
 def test_opcheck_inputs_requiring_grad(op, args):
     """Inputs that require grad (a model's activations): the autograd fallthrough makes every
-    output a non-differentiable tensor, and every opcheck test passes."""
-    x = torch.randn(2, 12, 6, requires_grad=True)
-    s = torch.rand(2, 12).requires_grad_()
+    output a non-differentiable tensor, and every opcheck test passes.  N = 100 > 8 K makes agile
+    compute its K distance rows one by one (mv_out, which rejects inputs requiring grad unless the
+    kernel dispatches below autograd)."""
+    x = torch.randn(2, 100, 6, requires_grad=True)
+    s = torch.rand(2, 100).requires_grad_()
     overload = getattr(torch.ops.ada_vtp, op).default
     torch.library.opcheck(overload, args(x, s))
     outputs = overload(*args(x, s))

@@ -89,6 +89,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
     double important_ratio, double attention_ratio, double gain, double erank_ref, double entropy_ref,
     double tau_max, double tau_scale, const std::string& complexity, const std::string& erank_method,
     bool compute_erank) {
+  // the autograd fallthrough skips the Autograd key for this call only: without this guard the
+  // ATen ops below would dispatch through autograd again and fail on inputs that require grad
+  // (out= variants such as mv_out reject them)
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const PruneParams p{method,   important_ratio, attention_ratio, gain,       erank_ref,   entropy_ref,
                       tau_max,  tau_scale,       complexity,      erank_method, compute_erank};
   cpu::check_params(p);
@@ -145,6 +149,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
 
 at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>& lengths,
                      const std::string& method) {
+  // the autograd fallthrough skips the Autograd key for this call only: without this guard the
+  // ATen ops below would dispatch through autograd again and fail on inputs that require grad
+  // (out= variants such as mv_out reject them)
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   cpu::check_erank_method(method);
   cpu::check_features(features);
   const int64_t batch = features.size(0);
@@ -161,6 +169,10 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
 }
 
 at::Tensor attention_entropy_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& lengths) {
+  // the autograd fallthrough skips the Autograd key for this call only: without this guard the
+  // ATen ops below would dispatch through autograd again and fail on inputs that require grad
+  // (out= variants such as mv_out reject them)
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(scores.dim() == 2 && scores.numel() > 0, "scores must be a non-empty tensor [B, N], got ",
                     cpu::shape_str(scores.sizes()));
   const int64_t batch = scores.size(0), n = scores.size(1);

@@ -1,0 +1,114 @@
+"""What every model integration shares: the [CLS] attention row of one vision block, and the
+shrinking of image-token runs in ``input_ids`` / ``attention_mask``.
+
+The [CLS] row (`cls_attention`) is recomputed from the block's input, one query against all keys,
+so the vision tower keeps its fast attention (SDPA / flash) for its own forward: an eager tower
+would materialise every [T, T] attention map of every block and head to expose one row of one.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `apply_ada_vtp` was called with: K, the method and the other `functional.prune` keywords."""
+
+    keep: int
+    method: str
+    prune_kwargs: dict = field(default_factory=dict)
+
+
+def _attention_of(block: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(pre-attention LayerNorm, self-attention module) of a ViT block: CLIP's ``layer_norm1`` /
+    ``self_attn`` or DINOv2's ``norm1`` / ``attention``."""
+    for norm, attention in (("layer_norm1", "self_attn"), ("norm1", "attention")):
+        if hasattr(block, norm) and hasattr(getattr(block, attention, None), "q_proj"):
+            return getattr(block, norm), getattr(block, attention)
+    raise TypeError(
+        f"cannot read the attention of a {type(block).__name__}: expected a CLIP-style block (layer_norm1, "
+        "self_attn.q_proj/k_proj) or a DINOv2-style block (norm1, attention.q_proj/k_proj)"
+    )
+
+
+def cls_attention(block: nn.Module, hidden_in: torch.Tensor) -> torch.Tensor:
+    """[CLS] attention of one ViT block, averaged over heads, the [CLS] column dropped.
+
+    Args:
+        block: the encoder block (CLIP or DINOv2 layout, pre-norm).
+        hidden_in: [B, 1 + N, C] the block's input hidden states, [CLS] first.
+
+    Returns:
+        [B, N] float32: softmax(q_cls kᵀ · scale) of each head, averaged over the heads, at the
+        N patch columns — the row that eager attention would return as ``attentions[b, :, 0, 1:]``.
+    """
+    norm, attention = _attention_of(block)
+    heads = getattr(attention, "num_heads", None) or attention.num_attention_heads
+    scale = getattr(attention, "scale", None) or attention.scaling
+    x = norm(hidden_in)
+    batch, tokens, _ = x.shape
+    q = attention.q_proj(x[:, :1]).view(batch, 1, heads, -1).transpose(1, 2)  # [B, H, 1, hd]
+    k = attention.k_proj(x).view(batch, tokens, heads, -1).transpose(1, 2)  # [B, H, T, hd]
+    probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * scale, dim=-1)  # [B, H, 1, T]
+    return probs[:, :, 0, 1:].mean(dim=1)
+
+
+def image_token_keep_mask(input_ids: torch.Tensor, image_token_id: int, run_lengths: torch.Tensor,
+                          keep_lengths: torch.Tensor) -> torch.Tensor:
+    """Which positions of ``input_ids`` survive when image i keeps keep_lengths[i] of its tokens.
+
+    Args:
+        input_ids: [B, L] with the image tokens of the images in order (row by row, left to right),
+            image i taking run_lengths[i] consecutive image tokens.
+        image_token_id: the placeholder token.
+        run_lengths: [I] int, image tokens of each image.
+        keep_lengths: [I] int, tokens each image keeps (<= its run length).
+
+    Returns:
+        [B, L] bool: True for every text token and for the first keep_lengths[i] placeholders of
+        image i (placeholders are identical, so which ones survive does not matter; the features
+        scattered into them are the kept tokens in ascending order).
+    """
+    is_image = input_ids == image_token_id
+    total = int(is_image.sum())
+    if total != int(run_lengths.sum()):
+        raise ValueError(
+            f"input_ids hold {total} image tokens (id {image_token_id}) but the images have "
+            f"{int(run_lengths.sum())} features; expected one placeholder per feature, as the processor writes them"
+        )
+    flat = is_image.flatten()
+    order = torch.cumsum(flat.long(), 0) - 1  # index of each placeholder among all placeholders
+    starts = torch.cumsum(run_lengths, 0) - run_lengths
+    image = torch.searchsorted(torch.cumsum(run_lengths, 0), order, right=True).clamp(max=len(run_lengths) - 1)
+    offset = order - starts[image]
+    keep = ~flat | (offset < keep_lengths.to(offset.device)[image])
+    return keep.view_as(input_ids)
+
+
+def shrink_rows(keep: torch.Tensor, tensors: dict[str, torch.Tensor], pad_values: dict[str, int],
+                padding_side: str) -> dict[str, torch.Tensor]:
+    """Drop the positions where ``keep`` is False (dropped image tokens and the old padding) from
+    every [B, L] tensor and pad the rows to the longest again (``padding_side`` "left" or "right",
+    with ``pad_values[name]``)."""
+    lengths = keep.sum(dim=1)
+    width = int(lengths.max())
+    out = {}
+    for name, t in tensors.items():
+        new = torch.full((t.shape[0], width), pad_values[name], dtype=t.dtype, device=t.device)
+        positions = torch.arange(width, device=t.device)[None, :]
+        if padding_side == "left":
+            slots = positions >= (width - lengths)[:, None]
+        else:
+            slots = positions < lengths[:, None]
+        new[slots] = t[keep]
+        out[name] = new
+    return out
+
+
+def padding_side_of(attention_mask: torch.Tensor | None) -> str:
+    """"left" when some row starts with padding (generation's usual layout), else "right"."""
+    if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
+        return "left"
+    return "right"
