@@ -163,13 +163,13 @@ def default_csv_path() -> Path:
     return RESULTS_DIR / f"cpu_{slug}.csv"
 
 
-def append_csv(path: os.PathLike, rows: list[dict]) -> None:
-    """Appends `rows` (dicts keyed by CSV_COLUMNS) to `path`, writing the header when the file is new."""
+def append_csv(path: os.PathLike, rows: list[dict], columns: tuple[str, ...] = CSV_COLUMNS) -> None:
+    """Appends `rows` (dicts keyed by `columns`) to `path`, writing the header when the file is new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerows(rows)

@@ -6,6 +6,8 @@ so the vision tower keeps its fast attention (SDPA / flash) for its own forward:
 would materialise every [T, T] attention map of every block and head to expose one row of one.
 """
 
+import functools
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -112,3 +114,86 @@ def padding_side_of(attention_mask: torch.Tensor | None) -> str:
     if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
         return "left"
     return "right"
+
+
+def feature_layer(config, kwargs: dict) -> int:
+    """The ``vision_feature_layer`` of a LLaVA-style call (popped from kwargs, else the config's),
+    checked: one layer (an int) and the "default" select strategy ([CLS] dropped, its attention
+    scoring the patches)."""
+    layer = kwargs.pop("vision_feature_layer", None)
+    layer = config.vision_feature_layer if layer is None else layer
+    strategy = kwargs.pop("vision_feature_select_strategy", None) or config.vision_feature_select_strategy
+    if not isinstance(layer, int):
+        raise NotImplementedError(f"vision_feature_layer={layer!r}: ada_vtp prunes one feature layer (an int)")
+    if strategy != "default":
+        raise NotImplementedError(
+            f"vision_feature_select_strategy={strategy!r}: ada_vtp needs 'default' (the [CLS] token dropped, "
+            "its attention scoring the patches)"
+        )
+    return layer
+
+
+def take_inputs(kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixel_values popped from kwargs, input_ids), with the checks every patch shares."""
+    pixel_values = kwargs.pop("pixel_values")
+    if kwargs.get("position_ids") is not None:
+        raise ValueError("ada_vtp shrinks the sequence; pass attention_mask and let the model derive position_ids")
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError("ada_vtp needs input_ids (the image placeholders mark where the kept tokens go)")
+    return pixel_values, input_ids
+
+
+def with_pruned_images(model: nn.Module, kwargs: dict, keep: torch.Tensor, features: list[torch.Tensor]) -> dict:
+    """kwargs for the model's own forward/generate: input_ids, attention_mask (and labels) shrunk to
+    the positions ``keep`` marks ([B, L] bool, e.g. `image_token_keep_mask`), rows re-padded, and
+    the per-image feature sequences as pre-encoded ``mm_encoder_outputs``."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    input_ids = kwargs["input_ids"]
+    attention_mask = kwargs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if kwargs.get("labels") is not None:
+        tensors["labels"] = kwargs["labels"]
+    pad = {"input_ids": model.config.text_config.pad_token_id or 0, "attention_mask": 0, "labels": -100}
+    # the old padding goes too: the rows are padded again for their new lengths
+    kwargs.update(shrink_rows(keep & attention_mask.bool(), tensors, pad, padding_side_of(attention_mask)))
+    kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+    return kwargs
+
+
+def install(model: nn.Module, settings: Settings, for_forward, for_generate) -> None:
+    """Patch the instance: its ``forward`` and ``generate`` pass calls without ``pixel_values``
+    through, and hand those with images to the class's own methods after ``for_forward(model,
+    kwargs)`` / ``for_generate(model, kwargs)`` rewrote their keywords.  The patched methods carry
+    the class's signatures (``functools.wraps``): ``generate`` reads ``forward``'s to validate its
+    keywords and derive position ids."""
+    cls = type(model)
+
+    @functools.wraps(cls.forward)
+    def forward(self, *args, **kwargs):
+        if kwargs.get("pixel_values") is None:
+            return cls.forward(self, *args, **kwargs)
+        return cls.forward(self, *args, **for_forward(self, kwargs))
+
+    @functools.wraps(cls.generate)
+    def generate(self, *args, **kwargs):
+        if args:
+            kwargs["input_ids"], args = args[0], args[1:]
+        if kwargs.get("pixel_values") is None:
+            return cls.generate(self, *args, **kwargs)
+        with torch.no_grad():  # as generate itself: the vision tower keeps no activations for backward
+            kwargs = for_generate(self, kwargs)
+        return cls.generate(self, *args, **kwargs)
+
+    model._ada_vtp = settings
+    model.forward = types.MethodType(forward, model)
+    model.generate = types.MethodType(generate, model)
+
+
+def uninstall(model: nn.Module) -> None:
+    """Undo `install`: the class's methods again, and no pruning state on the instance."""
+    for name in ("forward", "generate", "_ada_vtp", "_ada_vtp_last"):
+        model.__dict__.pop(name, None)

@@ -21,14 +21,20 @@ everything else through):
    follow from the shrunk mask as usual.
 """
 
-import types
-
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .. import functional
-from ._common import Settings, cls_attention, image_token_keep_mask, padding_side_of, shrink_rows
+from ._common import (
+    Settings,
+    cls_attention,
+    feature_layer,
+    image_token_keep_mask,
+    install,
+    take_inputs,
+    uninstall,
+    with_pruned_images,
+)
 
 
 def encoder_blocks(vision_tower: nn.Module) -> nn.ModuleList:
@@ -58,19 +64,8 @@ def vision_features_and_scores(vision_tower: nn.Module, pixel_values: torch.Tens
 
 def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict) -> list[torch.Tensor]:
     settings = model._ada_vtp
-    config = model.config
-    layer = kwargs.pop("vision_feature_layer", None)
-    layer = config.vision_feature_layer if layer is None else layer
-    strategy = kwargs.pop("vision_feature_select_strategy", None) or config.vision_feature_select_strategy
-    if not isinstance(layer, int):
-        raise NotImplementedError(f"vision_feature_layer={layer!r}: ada_vtp prunes one feature layer (an int)")
-    if strategy != "default":
-        raise NotImplementedError(
-            f"vision_feature_select_strategy={strategy!r}: ada_vtp needs 'default' (the [CLS] token dropped, "
-            "its attention scoring the patches)"
-        )
     inner = model.model
-    features, scores = vision_features_and_scores(inner.vision_tower, pixel_values, layer)
+    features, scores = vision_features_and_scores(inner.vision_tower, pixel_values, feature_layer(model.config, kwargs))
     # the selection is not differentiable; the kept features keep their gradient (training)
     result = functional.prune(features.detach(), scores.detach(), settings.keep, settings.method,
                               **settings.prune_kwargs)
@@ -81,15 +76,9 @@ def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict) -> l
 
 def _shrunk_inputs(model, kwargs: dict) -> dict:
     """kwargs with pixel_values replaced by pruned mm_encoder_outputs and the image runs shrunk."""
-    pixel_values = kwargs.pop("pixel_values")
-    if kwargs.get("position_ids") is not None:
-        raise ValueError("ada_vtp shrinks the sequence; pass attention_mask and let the model derive position_ids")
-    if kwargs.get("image_sizes") is not None:
+    pixel_values, input_ids = take_inputs(kwargs)
+    if kwargs.pop("image_sizes", None) is not None:
         raise NotImplementedError("image_sizes (Pixtral-style variable sizes) is not supported by the LLaVA-1.5 patch")
-    kwargs.pop("image_sizes", None)
-    input_ids = kwargs.get("input_ids")
-    if input_ids is None:
-        raise ValueError("ada_vtp needs input_ids (the image placeholders mark where the kept tokens go)")
     features = _pruned_image_features(model, pixel_values, kwargs)
     image_token_id = model.config.image_token_id
     placeholders = int((input_ids == image_token_id).sum())
@@ -98,40 +87,11 @@ def _shrunk_inputs(model, kwargs: dict) -> dict:
                          "number per image, as LLaVA's processor writes them")
     runs = torch.full((len(features),), placeholders // len(features), dtype=torch.long, device=input_ids.device)
     keep = image_token_keep_mask(input_ids, image_token_id, runs, torch.full_like(runs, model._ada_vtp.keep))
-    attention_mask = kwargs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    keep &= attention_mask.bool()  # padding is rebuilt for the new lengths
-    tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
-    pad = {"input_ids": model.config.text_config.pad_token_id or 0, "attention_mask": 0, "labels": -100}
-    if kwargs.get("labels") is not None:
-        tensors["labels"] = kwargs["labels"]
-    kwargs.update(shrink_rows(keep, tensors, pad, padding_side_of(attention_mask)))
-    kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
-    return kwargs
-
-
-def _patched_forward(self, *args, **kwargs):
-    if kwargs.get("pixel_values") is None:
-        return type(self).forward(self, *args, **kwargs)
-    return type(self).forward(self, *args, **_shrunk_inputs(self, kwargs))
-
-
-def _patched_generate(self, *args, **kwargs):
-    if args:
-        kwargs["input_ids"] = args[0]
-        args = args[1:]
-    if kwargs.get("pixel_values") is None:
-        return type(self).generate(self, *args, **kwargs)
-    return type(self).generate(self, *args, **_shrunk_inputs(self, kwargs))
+    return with_pruned_images(model, kwargs, keep, features)
 
 
 def apply(model: nn.Module, settings: Settings) -> None:
-    model._ada_vtp = settings
-    model.forward = types.MethodType(_patched_forward, model)
-    model.generate = types.MethodType(_patched_generate, model)
+    install(model, settings, _shrunk_inputs, _shrunk_inputs)
 
 
-def remove(model: nn.Module) -> None:
-    for name in ("forward", "generate", "_ada_vtp", "_ada_vtp_last"):
-        model.__dict__.pop(name, None)
+remove = uninstall
