@@ -25,8 +25,11 @@ measured on real encoder features, the eight DINOv2 ViT-S/14 photos of shared/go
   reference erank gets 75 % attention tokens, one at 1.5x gets 25 %, one at 3x or more gets
   pure diversity (the clamp).
 
-`ada-vtp calibrate` (the real-data issue) recomputes ERANK_REF and ENTROPY_REF for another
-encoder; pass its values as ``erank_ref=`` / ``entropy_ref=``.
+`ada-vtp calibrate` recomputes ERANK_REF and ENTROPY_REF for another encoder; pass its values as
+``erank_ref=`` / ``entropy_ref=``.  On all 20 scikit-image photos (``ada-vtp calibrate
+--sample-photos``, same encoder and layer) it gives mean erank 87.25 (55.1 to 126.1) and mean
+entropy 5.770 (5.11 to 6.23): within 3 % and 0.3 % of the values above, far inside the spread
+between photos, so the defaults (and the TAU_MAX measurements made with them) are kept.
 """
 
 IMPORTANT_RATIO = 0.5
