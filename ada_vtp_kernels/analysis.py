@@ -37,7 +37,7 @@ import csv
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -396,18 +396,25 @@ def analyze_from_args(args: argparse.Namespace) -> Analysis:
     return analysis
 
 
-def run(args: argparse.Namespace) -> int:
-    """``ada-vtp analyze``: 0 on success, 2 (message on stderr) on bad input."""
+def run_reporting_usage_errors(command: str, action: Callable[[argparse.Namespace], Any],
+                               args: argparse.Namespace) -> int:
+    """Runs ``action(args)`` for ``ada-vtp <command>``: 0 on success, 2 (message on stderr) on a
+    UsageError."""
     try:
-        analyze_from_args(args)
+        action(args)
     except UsageError as exc:
-        print(f"ada-vtp analyze: error: {exc}", file=sys.stderr)
+        print(f"ada-vtp {command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    """``ada-vtp analyze``: 0 on success, 2 (message on stderr) on bad input."""
+    return run_reporting_usage_errors("analyze", analyze_from_args, args)
+
+
 __all__ = [
     "Analysis", "Correlation", "ImageStatistics", "UsageError", "add_arguments", "analyze", "analyze_from_args",
-    "correlation", "image_statistics", "load_images", "read_folder", "run",
+    "correlation", "image_statistics", "load_images", "read_folder", "run", "run_reporting_usage_errors",
 ]
 

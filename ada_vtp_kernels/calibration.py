@@ -24,14 +24,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import defaults
-from .analysis import ImageStatistics, UsageError, add_input_arguments, image_statistics, load_images
+from .analysis import (
+    ImageStatistics,
+    add_input_arguments,
+    image_statistics,
+    load_images,
+    run_reporting_usage_errors,
+)
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,4 @@ def calibrate_from_args(args: argparse.Namespace) -> Calibration:
 
 def run(args: argparse.Namespace) -> int:
     """``ada-vtp calibrate``: 0 on success, 2 (message on stderr) on bad input."""
-    try:
-        calibrate_from_args(args)
-    except UsageError as exc:
-        print(f"ada-vtp calibrate: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_usage_errors("calibrate", calibrate_from_args, args)

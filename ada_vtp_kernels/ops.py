@@ -55,12 +55,13 @@ def _triton_launcher(op: str, module: str):
     every argument by its schema name, imported on the first call (importing triton is slow and
     needs the package, which CPU-only users may not have)."""
 
+    names = [a.name for a in getattr(torch.ops.ada_vtp, op).default._schema.arguments]
+
     def launch(*args, **kwargs):
         try:
             mod = importlib.import_module(f".triton.{module}", __package__)
         except ImportError as error:
             raise ImportError(f"ada_vtp on CUDA tensors needs triton (pip install triton==3.9.0): {error}") from error
-        names = [a.name for a in getattr(torch.ops.ada_vtp, op).default._schema.arguments]
         return getattr(mod, op)(**dict(zip(names, args)), **kwargs)
 
     return launch

@@ -576,9 +576,11 @@ def _orthonormalize(y: torch.Tensor, lengths: torch.Tensor, cols: torch.Tensor, 
     )
 
 
-def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor, out_dtype=torch.float32) -> torch.Tensor:
-    """features [B, N, D] (validated), lengths [B] int32 on the same device -> [B] `out_dtype`
-    (float32, or float64 for `prune`, whose thresholds take the unrounded erank like the C++ op)."""
+def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Tensor,
+                    out_dtype=torch.float32) -> torch.Tensor:
+    """features [B, N, D] (validated), lengths [B] int32 on the same device, scale [B] fp64 (their
+    `_rescale_factors`) -> [B] `out_dtype` (float32, or float64 for `prune`, whose thresholds take
+    the unrounded erank like the C++ op)."""
     batch, n_max, dim = features.shape
     device = features.device
     m_rows, a_rows = min(n_max, dim), max(n_max, dim)
@@ -586,7 +588,6 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor, out_dtype=tor
     ritz = min(m_rows, width)  # the Rayleigh-Ritz (or exact Gram) size
     # some image may take the estimator (else every one has m <= FAST_ERANK_BLOCK: shapes decide)
     quadrature = m_rows > defaults.FAST_ERANK_BLOCK
-    scale = _rescale_factors(features, lengths)
     m = torch.clamp(lengths, max=dim)
     f32 = dict(dtype=torch.float32, device=device)
     q = torch.zeros((batch, m_rows, width), **f32)
@@ -697,4 +698,5 @@ def erank_fast(features: torch.Tensor, lengths: torch.Tensor | None = None) -> t
     check_device("features", features, __name__)
     checked = _validation.check_lengths(lengths, batch, n, features.device)
     _validation.check_finite_features(features, checked)
-    return _erank_fast_fwd(features, device_lengths(lengths, batch, n, features.device))
+    lengths = device_lengths(lengths, batch, n, features.device)
+    return _erank_fast_fwd(features, lengths, _rescale_factors(features, lengths))

@@ -416,11 +416,12 @@ def _erank_exact(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Ten
     return torch.where(total[:, 0] > 0, torch.exp(-torch.xlogy(q, q).sum(dim=1)), 0.0)
 
 
-def _erank_fwd(features: torch.Tensor, lengths: torch.Tensor, method: str) -> torch.Tensor:
-    """[B] fp64 erank of validated features (lengths [B] int32 on their device)."""
+def _erank_fwd(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Tensor, method: str) -> torch.Tensor:
+    """[B] fp64 erank of validated features (lengths [B] int32 on their device, scale [B] fp64 their
+    `_rescale_factors`)."""
     if method == "fast":
-        return _erank_fast_fwd(features, lengths, out_dtype=torch.float64)
-    return _erank_exact(features, lengths, _rescale_factors(features, lengths))
+        return _erank_fast_fwd(features, lengths, scale, out_dtype=torch.float64)
+    return _erank_exact(features, lengths, scale)
 
 
 def _check_prune_inputs(features, scores, keep, lengths, relevance, params: dict) -> None:
@@ -468,21 +469,23 @@ def _prune_fwd(features, scores, keep, method, lengths, relevance, p: dict):
     batch, n, _ = features.shape
     device = features.device
     len_dev = device_lengths(lengths, batch, n, device)
-    with_erank = needs_erank(method, p["complexity"], p["compute_erank"])
-    erank = _erank_fwd(features, len_dev, p["erank_method"]) if with_erank else None
-    entropy = _attention_entropy_fwd(scores, len_dev, out_dtype=torch.float64)
-    order, rank = _score_order(scores, len_dev)
-    selected = torch.empty((batch, keep), dtype=torch.int64, device=device)
-
     k_att = None
     if method == "attention":
         k_att = keep
     elif method in ("mix", "divprune"):
         k_att = mix_attention_count(keep, p["attention_ratio"]) if method == "mix" else 0
+    with_erank = needs_erank(method, p["complexity"], p["compute_erank"])
+    # one absmax pass serves the erank and the distances
+    scale = _rescale_factors(features, len_dev) if with_erank or k_att != keep else None
+    erank = _erank_fwd(features, len_dev, scale, p["erank_method"]) if with_erank else None
+    entropy = _attention_entropy_fwd(scores, len_dev, out_dtype=torch.float64)
+    order, rank = _score_order(scores, len_dev)
+    selected = torch.empty((batch, keep), dtype=torch.int64, device=device)
+
     if k_att == keep:
         selected = order[:, :keep]
     else:
-        dist = _distances(features, len_dev, _rescale_factors(features, len_dev))
+        dist = _distances(features, len_dev, scale)
         block_n = triton.next_power_of_2(n)
         if method == "dpp":
             r = torch.ones((batch, n), dtype=torch.float32, device=device) if relevance is None \
@@ -573,4 +576,5 @@ def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: s
     batch, n, _ = features.shape
     checked = _validation.check_lengths(lengths, batch, n, features.device)
     _validation.check_finite_features(features, checked)
-    return _erank_fwd(features, device_lengths(lengths, batch, n, features.device), method).to(torch.float32)
+    lengths = device_lengths(lengths, batch, n, features.device)
+    return _erank_fwd(features, lengths, _rescale_factors(features, lengths), method).to(torch.float32)
