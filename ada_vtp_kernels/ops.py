@@ -7,11 +7,13 @@ the fake (meta) kernels used by FakeTensor, torch.compile and torch.export, the 
 error when the extension is missing.
 """
 
+import functools
 import importlib
 
 import torch
 
-from .reference import needs_erank
+from . import _validation, defaults
+from .reference import default_params, needs_erank
 
 BUILD_HINT = (
     "the ada_vtp C++ extension (ada_vtp_kernels._C) is not built; build it with "
@@ -30,24 +32,47 @@ def require_extension() -> None:
 
 
 def _register_fakes() -> None:
+    """Fake (meta) kernels: the output shapes, after every check that reads no values (a wrong
+    shape, dtype, device or keep > N fails here too, under torch.compile, torch.export and on the
+    meta device, with the CPU op's message; the lengths' values are checked when the op runs)."""
+
     @torch.library.register_fake("ada_vtp::prune")
-    def _prune_fake(features, scores, keep, method="agile", lengths=None, relevance=None,
-                    important_ratio=0.0, attention_ratio=0.0, gain=0.0, erank_ref=1.0,
-                    entropy_ref=1.0, tau_max=0.0, tau_scale=0.0, complexity="erank",
-                    erank_method="fast", compute_erank=False):
+    def _prune_fake(*args, **kwargs):
+        a = _by_name("prune", args, kwargs)
+        params = default_params(**{k: v for k, v in a.items() if k not in _PRUNE_TENSOR_ARGS})
+        features, keep = a["features"], a["keep"]
+        _validation.check_prune_metadata(features, a["scores"], keep, a.get("lengths"), a.get("relevance"), params)
         batch = features.shape[0]
         indices = features.new_empty((batch, keep), dtype=torch.int64)
-        erank_rows = batch if needs_erank(method, complexity, compute_erank) else 0
+        erank_rows = batch if needs_erank(params["method"], params["complexity"], params["compute_erank"]) else 0
         erank = features.new_empty((erank_rows,), dtype=torch.float32)
         return indices, erank, features.new_empty((batch,), dtype=torch.float32)
 
     @torch.library.register_fake("ada_vtp::erank")
-    def _erank_fake(features, lengths=None, method="fast"):
-        return features.new_empty((features.shape[0],), dtype=torch.float32)
+    def _erank_fake(*args, **kwargs):
+        a = _by_name("erank", args, kwargs)
+        _validation.check_erank_metadata(a["features"], a.get("lengths"), a.get("method", defaults.ERANK_METHOD))
+        return a["features"].new_empty((a["features"].shape[0],), dtype=torch.float32)
 
     @torch.library.register_fake("ada_vtp::attention_entropy")
-    def _attention_entropy_fake(scores, lengths=None):
-        return scores.new_empty((scores.shape[0],), dtype=torch.float32)
+    def _attention_entropy_fake(*args, **kwargs):
+        a = _by_name("attention_entropy", args, kwargs)
+        _validation.check_entropy_metadata(a["scores"], a.get("lengths"))
+        return a["scores"].new_empty((a["scores"].shape[0],), dtype=torch.float32)
+
+
+_PRUNE_TENSOR_ARGS = ("features", "scores", "keep", "lengths", "relevance")
+
+
+@functools.cache
+def _schema_names(op: str) -> tuple[str, ...]:
+    return tuple(a.name for a in getattr(torch.ops.ada_vtp, op).default._schema.arguments)
+
+
+def _by_name(op: str, args: tuple, kwargs: dict) -> dict:
+    """The arguments of a call of ``ada_vtp::<op>`` by their schema names (the dispatcher passes
+    them positionally, and only up to the last one the caller gave)."""
+    return {**dict(zip(_schema_names(op), args)), **kwargs}
 
 
 def _triton_launcher(op: str, module: str):
@@ -55,14 +80,14 @@ def _triton_launcher(op: str, module: str):
     every argument by its schema name, imported on the first call (importing triton is slow and
     needs the package, which CPU-only users may not have)."""
 
-    names = [a.name for a in getattr(torch.ops.ada_vtp, op).default._schema.arguments]
+    _schema_names(op)  # read the schema at registration, not per call
 
     def launch(*args, **kwargs):
         try:
             mod = importlib.import_module(f".triton.{module}", __package__)
         except ImportError as error:
             raise ImportError(f"ada_vtp on CUDA tensors needs triton (pip install triton==3.9.0): {error}") from error
-        return getattr(mod, op)(**dict(zip(names, args)), **kwargs)
+        return getattr(mod, op)(**_by_name(op, args, kwargs))
 
     return launch
 

@@ -43,13 +43,14 @@ def rescale(x: torch.Tensor) -> torch.Tensor:
     """[n, D] any float -> [n, D] fp32: the features as given, unless their largest magnitude is
     outside [2**-56, 2**56], where they are multiplied by the power of two that brings it into
     [0.5, 1) so that fp32 squares neither overflow nor underflow (exact, so the cosines are
-    unchanged)."""
-    x32 = x.to(torch.float32)
+    unchanged).  The result is contiguous: a matrix product's rounding depends on its operands'
+    layout, and transposed or broadcast (stride-0) features must give the bits contiguous ones give."""
+    x32 = x.to(torch.float32).contiguous()
     amax = float(x32.abs().max())
     if amax == 0 or defaults.SAFE_MIN <= amax <= defaults.SAFE_MAX:
         return x32
     exponent = math.frexp(amax)[1]
-    return (x.to(torch.float64) * 2.0 ** (-exponent)).to(torch.float32)
+    return (x.to(torch.float64) * 2.0 ** (-exponent)).to(torch.float32).contiguous()
 
 
 def attention_entropy_one(scores: torch.Tensor) -> float:
@@ -285,8 +286,7 @@ def erank_ref(features: torch.Tensor, lengths: torch.Tensor | None = None,
     Returns:
         [B] float32.
     """
-    _validation._check_choice("erank method", method, defaults.ERANK_METHODS)
-    _validation.check_features(features)
+    _validation.check_erank_metadata(features, lengths, method)
     batch, n, _ = features.shape
     lengths = _validation.check_lengths(lengths, batch, n, features.device)
     _validation.check_finite_features(features, lengths)

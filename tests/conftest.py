@@ -11,6 +11,14 @@
   interpreted kernel costs seconds per matrix (tests/test_triton_eigh.py checks the kernel itself).
 - ``--interpreter-full`` runs the tests marked ``interpreter_full`` (the whole LLaVA-sized
   matrix under the Triton interpreter, about 10 minutes); without it CI runs their subset.
+- Uninitialised memory is poisoned in every test (`_poison_uninitialised_memory`, autouse):
+  ``torch.empty`` / ``empty_like`` / ``new_empty`` in Python and ``at::empty`` in the C++ kernels
+  return NaN for floats and the largest value for integers, so an output element that a kernel
+  forgets to write fails the test instead of passing with whatever the allocator held.
+- Hypothesis profiles (tests/prune_strategies.py draws the inputs): ``ci`` (the default:
+  derandomized, so CI runs the same examples every time, sized for CI's time budget), ``dev``
+  (a quick local pass) and ``thorough`` (random, 20x the examples: a bug hunt).  Pick one with
+  ``pytest --hypothesis-profile=thorough``.
 """
 
 import os
@@ -18,6 +26,7 @@ import random
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 # Without a GPU the Triton kernels run under the interpreter.  triton reads TRITON_INTERPRET when it
 # is first imported (its own @jit helpers, tl.max and the like, are built for the interpreter or
@@ -26,6 +35,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from ada_vtp_kernels import ops  # noqa: E402
+
+# Every property test states its examples as a share of the profile's max_examples
+# (prune_strategies.examples), so one profile sizes the whole tier.
+_PROFILE = dict(deadline=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=40, derandomize=True, **_PROFILE)
+settings.register_profile("dev", max_examples=10, **_PROFILE)
+settings.register_profile("thorough", max_examples=800, **_PROFILE)
+settings.load_profile("ci")
 
 EXT_SKIP_REASON = (
     "the ada_vtp C++ extension is not loaded (ada_vtp_kernels.ops.extension_loaded() is False); "
@@ -58,6 +76,21 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _poison_uninitialised_memory():
+    """NaN (floats) / the largest value (integers) in every uninitialised allocation, Python's and
+    the C++ kernels' alike (torch's deterministic mode with fill_uninitialized_memory; warn_only
+    keeps ops without a deterministic kernel usable)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 @pytest.fixture

@@ -32,12 +32,15 @@ def _attention_entropy_kernel(
         i = start + tl.arange(0, BLOCK_N)
         total += tl.load(row + i * stride_sn, mask=i < n, other=0.0).to(tl.float64)
     s_total = tl.sum(total, axis=0)
-    # all-zero scores: uniform (a divisor of 1 keeps the unused branch finite)
-    inv = 1.0 / tl.where(s_total > 0, s_total, 1.0)
+    # all-zero scores: uniform (a divisor of 1 keeps the unused branch finite).  The reciprocal of
+    # a total below 2**-1000 (subnormal float64 scores) would overflow to inf: such rows are scaled
+    # by 2**100 first, exactly (an fp64 division in the loop costs the kernel register spills)
+    boost = tl.where(s_total < 2.0**-1000, 2.0**100, 1.0)
+    inv = 1.0 / tl.where(s_total > 0, s_total * boost, 1.0)
     acc = tl.zeros((BLOCK_N,), tl.float64)
     for start in range(0, n, BLOCK_N):
         i = start + tl.arange(0, BLOCK_N)
-        p = tl.load(row + i * stride_sn, mask=i < n, other=0.0).to(tl.float64) * inv
+        p = tl.load(row + i * stride_sn, mask=i < n, other=0.0).to(tl.float64) * boost * inv
         acc += tl.where(p > 0, p * tl.log(tl.where(p > 0, p, 1.0)), 0.0)
     entropy = tl.where(s_total > 0, -tl.sum(acc, axis=0), tl.log(n.to(tl.float64)))
     tl.store(out_ptr + b, entropy.to(out_ptr.dtype.element_ty))

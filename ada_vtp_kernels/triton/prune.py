@@ -432,17 +432,7 @@ def _check_prune_inputs(features, scores, keep, lengths, relevance, params: dict
     if not (features.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         _validation.check_prune_inputs(features, scores, keep, lengths, relevance, params)
         return
-    _validation.check_params(params)
-    _validation.check_features(features)
-    batch, n, _ = features.shape
-    if lengths is not None:
-        _validation.check_lengths_metadata(lengths, batch, features.device)
-    _validation.check_keep(keep, n, torch.tensor([n]))
-    _validation.check_row_metadata("scores", scores, batch, n, features.device)
-    if relevance is not None:
-        if params["method"] != "dpp":
-            _validation._fail(f"relevance is only used by method='dpp', got method={params['method']!r}")
-        _validation.check_row_metadata("relevance", relevance, batch, n, features.device)
+    _validation.check_prune_metadata(features, scores, keep, lengths, relevance, params)
     assert_on_device(features, scores, keep, lengths, relevance)
 
 
@@ -570,8 +560,7 @@ def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: s
     Returns:
         [B] float32.
     """
-    _validation._check_choice("erank_method", method, defaults.ERANK_METHODS)
-    _validation.check_features(features)
+    _validation.check_erank_metadata(features, lengths, method)
     check_device("features", features, __name__)
     batch, n, _ = features.shape
     checked = _validation.check_lengths(lengths, batch, n, features.device)

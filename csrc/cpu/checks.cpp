@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <cctype>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -22,16 +23,35 @@ std::string shape_str(at::IntArrayRef shape) {
 namespace {
 
 std::string dtype_str(at::ScalarType t) {
-  // Python's spelling, so both backends print the same message
+  // Python's spelling (str(torch.dtype)), so both backends print the same message
+  switch (t) {
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kHalf: return "torch.float16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kComplexHalf: return "torch.complex32";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: break;
+  }
+  // the rest lower-case their C++ names: Bool, BFloat16, Float8_e4m3fn, UInt16, QInt8, Bits16, ...
   std::string s = c10::toString(t);
-  if (s == "Float") return "torch.float32";
-  if (s == "Double") return "torch.float64";
-  if (s == "Half") return "torch.float16";
-  if (s == "BFloat16") return "torch.bfloat16";
-  if (s == "Long") return "torch.int64";
-  if (s == "Int") return "torch.int32";
-  if (s == "Bool") return "torch.bool";
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return "torch." + s;
+}
+
+bool is_length_dtype(at::ScalarType t) {
+  // _validation.LENGTH_DTYPES: the integer dtypes every backend converts to int64
+  return t == at::kByte || t == at::kChar || t == at::kShort || t == at::kInt || t == at::kLong;
+}
+
+bool is_value_dtype(at::ScalarType t) {
+  // _validation.VALUE_DTYPES: the float dtypes that convert exactly to float64
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
 std::string num_str(double v) {
@@ -108,7 +128,7 @@ std::vector<int64_t> check_lengths(const std::optional<at::Tensor>& lengths, int
   if (!lengths.has_value()) return std::vector<int64_t>(batch, n);
   const at::Tensor& l = *lengths;
   auto t = l.scalar_type();
-  TORCH_CHECK_VALUE(at::isIntegralType(t, /*includeBool=*/false), "lengths must have an integer dtype, got ",
+  TORCH_CHECK_VALUE(is_length_dtype(t), "lengths must have an integer dtype (uint8, int8, int16, int32 or int64), got ",
                     dtype_str(t));
   TORCH_CHECK_VALUE(l.dim() == 1 && l.size(0) == batch, "lengths must have shape [B]=[", batch, "], got ",
                     shape_str(l.sizes()));
@@ -126,7 +146,8 @@ void check_row_values(const char* name, const at::Tensor& values, int64_t batch,
                       const at::Device& device, const std::vector<int64_t>& lengths) {
   TORCH_CHECK_VALUE(values.dim() == 2 && values.size(0) == batch && values.size(1) == n, name,
                     " must have shape [B, N]=[", batch, ", ", n, "], got ", shape_str(values.sizes()));
-  TORCH_CHECK_VALUE(at::isFloatingType(values.scalar_type()), name, " must have a floating dtype, got ",
+  TORCH_CHECK_VALUE(is_value_dtype(values.scalar_type()), name,
+                    " must have a floating dtype (float16, bfloat16, float32 or float64), got ",
                     dtype_str(values.scalar_type()));
   TORCH_CHECK_VALUE(values.device() == device, name, " is on ", values.device(), " but features is on ", device);
   auto v = values.to(at::kDouble).contiguous();

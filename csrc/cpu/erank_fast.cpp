@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -117,16 +118,20 @@ void orthonormalize_rows(at::Tensor& y) {
 }
 
 // rows of `out` [c, m] = rows of y [c, m] / their norms (a zero row where the norm is 0); returns
-// the norms (fp64)
+// the norms (fp64).  Squares and scaling in fp64: a Lanczos vector of an exactly low-rank image
+// can shrink to 1e-30, whose fp32 squares underflow, and a norm computed from what is left made
+// a "unit" vector of norm 1e7 (T then overflowed and the eigensolver failed on NaN).
 std::vector<double> normalize_rows(const at::Tensor& y, at::Tensor out) {
   const int64_t m = y.size(1);
   std::vector<double> norm(y.size(0));
   for (int64_t c = 0; c < y.size(0); ++c) {
     const float* src = y.data_ptr<float>() + c * m;
-    norm[c] = std::sqrt(dot(src, src, m));
-    const float inv = norm[c] > 0.0 ? static_cast<float>(1.0 / norm[c]) : 0.0f;
+    double squares = 0.0;
+    for (int64_t t = 0; t < m; ++t) squares += static_cast<double>(src[t]) * src[t];
+    norm[c] = std::sqrt(squares);
+    const double inv = norm[c] > 0.0 ? 1.0 / norm[c] : 0.0;
     float* dst = out.data_ptr<float>() + c * m;
-    for (int64_t t = 0; t < m; ++t) dst[t] = src[t] * inv;
+    for (int64_t t = 0; t < m; ++t) dst[t] = static_cast<float>(src[t] * inv);
   }
   return norm;
 }

@@ -1,0 +1,81 @@
+"""Determinism: the same inputs give the same bits, run after run and whatever the thread count.
+
+The C++ op splits the batch over threads and, for the fast erank of batches smaller than the
+thread count, runs each image's products on every thread; neither may change a bit of any output.
+The Triton launchers (under the interpreter without a GPU) must repeat their bits too.
+"""
+
+import pytest
+import torch
+from hypothesis import given
+
+from prune_strategies import examples, prune_cases
+
+pytestmark = pytest.mark.requires_ext
+
+THREAD_COUNTS = (1, 2, 3)
+
+
+def assert_identical(a, b, label: str) -> None:
+    for name, x, y in zip(("indices", "erank", "entropy"), a, b):
+        assert (x is None) == (y is None), label
+        if x is not None:
+            assert torch.equal(x, y) and x.dtype == y.dtype, f"{name} differs: {label}"
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@examples(0.5)
+@given(case=prune_cases(max_n=300, max_dim=256))
+def test_same_bits_run_to_run_and_across_thread_counts(case):
+    first = case.run("cpu")
+    threads = torch.get_num_threads()
+    try:
+        for count in THREAD_COUNTS:
+            torch.set_num_threads(count)
+            assert_identical(case.run("cpu"), first, f"{count} threads: {case.label}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["agile", "mix_adaptive", "divprune", "dpp", "vispruner"])
+@pytest.mark.parametrize("erank_method", ["fast", "exact"])
+def test_llava_sized_batch_across_thread_counts(method, erank_method, restore_threads):
+    """B=3 images of 577 x 1024 (ragged): every thread count gives the bits of one thread, and each
+    image alone gives the bits it gives in the batch (the fast erank takes another code path,
+    image after image on every thread, when the batch is smaller than the thread count)."""
+    g = torch.Generator().manual_seed(0)
+    x, s = torch.randn(3, 577, 1024, generator=g), torch.rand(3, 577, generator=g)
+    lengths = torch.tensor([577, 400, 577])
+    kw = dict(lengths=lengths, erank_method=erank_method, compute_erank=True)
+    torch.set_num_threads(1)
+    want = torch.ops.ada_vtp.prune(x, s, 64, method, **kw)
+    for threads in THREAD_COUNTS[1:]:
+        torch.set_num_threads(threads)
+        got = torch.ops.ada_vtp.prune(x, s, 64, method, **kw)
+        assert_identical(got, want, f"{method} {erank_method} {threads} threads")
+        for b in range(3):
+            alone = torch.ops.ada_vtp.prune(x[b:b + 1, :lengths[b]], s[b:b + 1, :lengths[b]], 64, method,
+                                            erank_method=erank_method, compute_erank=True)
+            label = f"{method} image {b} alone, {threads} threads"
+            assert_identical([t[0] for t in alone], [t[b] for t in want], label)
+
+
+def test_triton_same_bits_run_to_run():
+    pytest.importorskip("triton")
+    from ada_vtp_kernels.triton import prune as tp
+
+    g = torch.Generator().manual_seed(1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, s = torch.randn(2, 40, 24, generator=g).to(device), torch.rand(2, 40, generator=g).to(device)
+    lengths = torch.tensor([40, 29], device=device)
+    for method in ("agile", "dpp", "vispruner", "mix_adaptive"):
+        first = tp.prune(x, s, 9, method, lengths, erank_method="exact", compute_erank=True)
+        again = tp.prune(x, s, 9, method, lengths, erank_method="exact", compute_erank=True)
+        assert_identical(again, first, method)
