@@ -23,7 +23,8 @@ if [ ${#tests[@]} -eq 0 ]; then
   tests=(tests/test_prune_cpu.py tests/test_bad_inputs.py tests/test_hostile_inputs.py tests/test_properties.py
          tests/test_determinism.py tests/test_ops.py tests/test_erank_fast.py)
 fi
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 LD_PRELOAD
+LD_PRELOAD=$(gcc -print-file-name=libasan.so)
 # python -m pytest from this folder imports its ada_vtp_kernels (with the instrumented _C) first
-"$python" -c "import ada_vtp_kernels, sys; assert ada_vtp_kernels.__file__.startswith('$work'), ada_vtp_kernels.__file__"
-ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 LD_PRELOAD=$(gcc -print-file-name=libasan.so) \
-  "$python" -m pytest "${tests[@]}" -q -p no:cacheprovider
+"$python" -c "import ada_vtp_kernels; assert ada_vtp_kernels.__file__.startswith('$work'), ada_vtp_kernels.__file__"
+"$python" -m pytest "${tests[@]}" -q -p no:cacheprovider
