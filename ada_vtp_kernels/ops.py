@@ -39,7 +39,7 @@ def _register_fakes() -> None:
     @torch.library.register_fake("ada_vtp::prune")
     def _prune_fake(*args, **kwargs):
         a = _by_name("prune", args, kwargs)
-        params = default_params(**{k: v for k, v in a.items() if k not in _PRUNE_TENSOR_ARGS})
+        params = default_params(**{k: v for k, v in a.items() if k not in _PRUNE_INPUTS})
         features, keep = a["features"], a["keep"]
         _validation.check_prune_metadata(features, a["scores"], keep, a.get("lengths"), a.get("relevance"), params)
         batch = features.shape[0]
@@ -61,7 +61,8 @@ def _register_fakes() -> None:
         return a["scores"].new_empty((a["scores"].shape[0],), dtype=torch.float32)
 
 
-_PRUNE_TENSOR_ARGS = ("features", "scores", "keep", "lengths", "relevance")
+# prune's arguments that are not method parameters (reference.default_params takes the rest)
+_PRUNE_INPUTS = ("features", "scores", "keep", "lengths", "relevance")
 
 
 @functools.cache

@@ -154,7 +154,7 @@ def _lay_out(t: torch.Tensor, layout: str, g: torch.Generator) -> torch.Tensor:
     if layout == "contiguous":
         return t.contiguous()
     if layout == "transposed":
-        return t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() == 3 else t.t().contiguous().t()
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
     big = torch.randn(*[2 * s + 1 for s in t.shape], generator=g).to(t.dtype)
     view = big[tuple(slice(1, None, 2) for _ in t.shape)]
     view.copy_(t)

@@ -133,10 +133,11 @@ def call_functional(kw, backend):
     return vtp.prune(kw.pop("features"), kw.pop("scores"), kw.pop("keep"), kw.pop("method"), backend=backend, **kw)
 
 
-def call_raw(kw):
+def call_raw(kw, op=torch.ops.ada_vtp.prune):
+    """`op` (the raw op, or a launcher with its signature) with the case's arguments positionally."""
     kw = dict(kw)
     args = [kw.pop(k) for k in ("features", "scores", "keep", "method", "lengths", "relevance")]
-    return torch.ops.ada_vtp.prune(*args, **kw)
+    return op(*args, **kw)
 
 
 def raises_naming(fn, name) -> str:

@@ -5,6 +5,8 @@ thread count, runs each image's products on every thread; neither may change a b
 The Triton launchers (under the interpreter without a GPU) must repeat their bits too.
 """
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given
@@ -23,30 +25,30 @@ def assert_identical(a, b, label: str) -> None:
             assert torch.equal(x, y) and x.dtype == y.dtype, f"{name} differs: {label}"
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+@contextlib.contextmanager
+def num_threads(count: int):
+    """torch's intra-op thread count set to `count`, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @examples(0.5)
 @given(case=prune_cases(max_n=300, max_dim=256))
 def test_same_bits_run_to_run_and_across_thread_counts(case):
     first = case.run("cpu")
-    threads = torch.get_num_threads()
-    try:
-        for count in THREAD_COUNTS:
-            torch.set_num_threads(count)
+    for count in THREAD_COUNTS:
+        with num_threads(count):
             assert_identical(case.run("cpu"), first, f"{count} threads: {case.label}")
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["agile", "mix_adaptive", "divprune", "dpp", "vispruner"])
 @pytest.mark.parametrize("erank_method", ["fast", "exact"])
-def test_llava_sized_batch_across_thread_counts(method, erank_method, restore_threads):
+def test_llava_sized_batch_across_thread_counts(method, erank_method):
     """B=3 images of 577 x 1024 (ragged): every thread count gives the bits of one thread, and each
     image alone gives the bits it gives in the batch (the fast erank takes another code path,
     image after image on every thread, when the batch is smaller than the thread count)."""
@@ -54,17 +56,17 @@ def test_llava_sized_batch_across_thread_counts(method, erank_method, restore_th
     x, s = torch.randn(3, 577, 1024, generator=g), torch.rand(3, 577, generator=g)
     lengths = torch.tensor([577, 400, 577])
     kw = dict(lengths=lengths, erank_method=erank_method, compute_erank=True)
-    torch.set_num_threads(1)
-    want = torch.ops.ada_vtp.prune(x, s, 64, method, **kw)
+    with num_threads(1):
+        want = torch.ops.ada_vtp.prune(x, s, 64, method, **kw)
     for threads in THREAD_COUNTS[1:]:
-        torch.set_num_threads(threads)
-        got = torch.ops.ada_vtp.prune(x, s, 64, method, **kw)
-        assert_identical(got, want, f"{method} {erank_method} {threads} threads")
-        for b in range(3):
-            alone = torch.ops.ada_vtp.prune(x[b:b + 1, :lengths[b]], s[b:b + 1, :lengths[b]], 64, method,
-                                            erank_method=erank_method, compute_erank=True)
-            label = f"{method} image {b} alone, {threads} threads"
-            assert_identical([t[0] for t in alone], [t[b] for t in want], label)
+        with num_threads(threads):
+            got = torch.ops.ada_vtp.prune(x, s, 64, method, **kw)
+            assert_identical(got, want, f"{method} {erank_method} {threads} threads")
+            for b in range(3):
+                alone = torch.ops.ada_vtp.prune(x[b:b + 1, :lengths[b]], s[b:b + 1, :lengths[b]], 64, method,
+                                                erank_method=erank_method, compute_erank=True)
+                label = f"{method} image {b} alone, {threads} threads"
+                assert_identical([t[0] for t in alone], [t[b] for t in want], label)
 
 
 def test_triton_same_bits_run_to_run():

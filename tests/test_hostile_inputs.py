@@ -61,9 +61,7 @@ def call_meta(kw):
 
 
 def call_triton(kw):
-    kw = dict(kw)
-    args = [kw.pop(k) for k in ("features", "scores", "keep", "method", "lengths", "relevance")]
-    return triton_prune.prune(*args, **kw)
+    return call_raw(kw, triton_prune.prune)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

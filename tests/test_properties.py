@@ -20,7 +20,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ada_vtp_kernels import defaults
-from ada_vtp_kernels.reference import needs_erank
+from ada_vtp_kernels.reference import default_params, needs_erank
 
 from prune_strategies import examples, prune_cases
 
@@ -34,7 +34,7 @@ def check_invariants(case, res) -> None:
     batch, _, dim = case.features.shape
     idx = res.indices
     assert idx.dtype == torch.int64 and idx.shape == (batch, case.keep), case.label
-    p = {"complexity": "erank", "compute_erank": False, **case.params}
+    p = default_params(method=case.method, **case.params)
     assert (res.erank is not None) == needs_erank(case.method, p["complexity"], p["compute_erank"]), case.label
     for b, length in enumerate(case.valid_lengths()):
         row = idx[b]

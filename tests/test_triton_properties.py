@@ -8,6 +8,8 @@ the launcher returns exactly the reference's indices; the method equivalences an
 padding independence hold on Gaussian features too.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -35,8 +37,6 @@ def on_device(case):
     """The case's tensors on the GPU when there is one (a CPU run goes through the interpreter)."""
     if not torch.cuda.is_available():
         return case
-    import dataclasses
-
     move = {k: getattr(case, k).cuda() for k in ("features", "scores", "lengths", "relevance")
             if getattr(case, k) is not None}
     return dataclasses.replace(case, **move)

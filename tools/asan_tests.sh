@@ -23,8 +23,11 @@ if [ ${#tests[@]} -eq 0 ]; then
   tests=(tests/test_prune_cpu.py tests/test_bad_inputs.py tests/test_hostile_inputs.py tests/test_properties.py
          tests/test_determinism.py tests/test_ops.py tests/test_erank_fast.py)
 fi
+# libstdc++ preloaded beside libasan: python itself does not link it, so ASan's __cxa_throw
+# interceptor finds no real __cxa_throw at start-up and aborts on the first C++ exception (every
+# ValueError the op raises is one) with "CHECK failed" and no report
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 LD_PRELOAD
-LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)"
 # python -m pytest from this folder imports its ada_vtp_kernels (with the instrumented _C) first
 "$python" -c "import ada_vtp_kernels; assert ada_vtp_kernels.__file__.startswith('$work'), ada_vtp_kernels.__file__"
 "$python" -m pytest "${tests[@]}" -q -p no:cacheprovider
