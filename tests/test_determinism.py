@@ -69,6 +69,21 @@ def test_llava_sized_batch_across_thread_counts(method, erank_method):
                 assert_identical([t[0] for t in alone], [t[b] for t in want], label)
 
 
+@pytest.mark.parametrize("erank_method", ["exact", "fast"])
+def test_single_image_erank_across_thread_counts(erank_method):
+    """One image runs outside any parallel region, where MKL's LAPACK would thread its eigensolver
+    and round by the thread count (found by the property test above: 77.3732986 with 1 thread,
+    77.3733063 with 2, for this image's exact erank); the op runs it on one thread."""
+    from conftest import exact_features
+
+    x = exact_features(1, 178, 201, zero_rows=0.0, duplicate_rows=0.0, generator=torch.Generator().manual_seed(0))
+    with num_threads(1):
+        want = torch.ops.ada_vtp.erank(x, None, erank_method)
+    for count in THREAD_COUNTS[1:] + (4,):
+        with num_threads(count):
+            assert torch.equal(torch.ops.ada_vtp.erank(x, None, erank_method), want), f"{count} threads"
+
+
 def test_triton_same_bits_run_to_run():
     pytest.importorskip("triton")
     from ada_vtp_kernels.triton import prune as tp

@@ -215,7 +215,7 @@ double erank_fast_one(const at::Tensor& xs) {
   }
   auto b = apply_a(q);  // [k, rows]
   auto b64 = b.to(at::kDouble);
-  auto theta = at::linalg_eigvalsh(at::mm(b64, b64.t())).clamp_min(0);
+  auto theta = eigvalsh_sequential(at::mm(b64, b64.t())).clamp_min(0);
   double total = 0.0, total_log = 0.0;
   const double* theta_p = theta.data_ptr<double>();
   for (int64_t i = 0; i < theta.size(0); ++i) {
@@ -288,7 +288,7 @@ double erank_fast_one(const at::Tensor& xs) {
           acc[c][i][i + 1] = acc[c][i + 1][i] = off;
         }
       }
-      auto [theta_t, vectors] = at::linalg_eigh(t);
+      auto [theta_t, vectors] = eigh_sequential(t);
       auto th = theta_t.accessor<double, 2>();
       auto ve = vectors.accessor<double, 3>();
       for (int64_t c = 0; c < kProbes; ++c) {

@@ -33,10 +33,40 @@ double attention_entropy_one(const at::Tensor& scores) {
   return -at::xlogy(p, p).sum().item<double>();
 }
 
+// MKL's thread-local thread count, in its Fortran binding (a pointer argument), the name torch's
+// x86 wheels export from the MKL they link statically (their C name is an alias of the same
+// code there, so it cannot be called with an int).  Weak: with a torch built without MKL the
+// pointer is null and the library still loads.
+extern "C" int mkl_set_num_threads_local_(const int* threads) __attribute__((weak));
+
+namespace {
+
+// f() with MKL's LAPACK on one thread (this thread only), the previous count restored after.
+template <typename F>
+auto with_sequential_lapack(F f) {
+  if (mkl_set_num_threads_local_ == nullptr) return f();
+  static constexpr int kOne = 1;
+  struct Restore {
+    int before;
+    ~Restore() { mkl_set_num_threads_local_(&before); }
+  } restore{mkl_set_num_threads_local_(&kOne)};
+  return f();
+}
+
+}  // namespace
+
+at::Tensor eigvalsh_sequential(const at::Tensor& a) {
+  return with_sequential_lapack([&] { return at::linalg_eigvalsh(a); });
+}
+
+std::tuple<at::Tensor, at::Tensor> eigh_sequential(const at::Tensor& a) {
+  return with_sequential_lapack([&] { return at::linalg_eigh(a); });
+}
+
 double erank_one(const at::Tensor& xs) {
   auto x = xs.to(at::kDouble);
   auto gram = x.size(0) <= x.size(1) ? at::mm(x, x.t()) : at::mm(x.t(), x);
-  auto sigma = at::linalg_eigvalsh(gram).clamp_min(0).sqrt();
+  auto sigma = eigvalsh_sequential(gram).clamp_min(0).sqrt();
   auto total = sigma.sum();
   if (total.item<double>() == 0.0) return 0.0;
   auto q = sigma / total;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -19,6 +20,13 @@ double attention_entropy_one(const at::Tensor& scores);
 
 // Exact erank of rescaled fp32 rows [n, D]: fp64 eigenvalues of the smaller Gram matrix.
 double erank_one(const at::Tensor& xs);
+
+// at::linalg_eigvalsh / at::linalg_eigh, whose bits do not depend on the thread count.  MKL's
+// threaded LAPACK rounds differently with torch.get_num_threads() (measured: eigvalsh of a
+// 178 x 178 Gram, 1 vs 2 threads), so these run it on one thread (mkl_set_num_threads_local,
+// this thread only).  With a torch built on another LAPACK they are the plain calls.
+at::Tensor eigvalsh_sequential(const at::Tensor& a);
+std::tuple<at::Tensor, at::Tensor> eigh_sequential(const at::Tensor& a);
 
 // Rows of the snapped cosine distance d(i, .) of one image, each computed once.  With
 // `full_gram` one n x n matrix product serves every row (the methods that compare all pairs,
