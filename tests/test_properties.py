@@ -204,5 +204,18 @@ def test_power_of_two_scale_invariance(case, feature_exp, score_exp):
     scaled = case.run("cpu", features=features, scores=scores)
     assert torch.equal(scaled.indices, res.indices), case.label
     assert torch.equal(scaled.entropy, res.entropy), case.label
-    if res.erank is not None:
+    if res.erank is not None and not any(subnormal_squares(t[b, :length]) for t in (case.features, features)
+                                         for b, length in enumerate(case.valid_lengths())):
         torch.testing.assert_close(scaled.erank, res.erank, rtol=1e-5, atol=0, msg=case.label)
+
+
+def subnormal_squares(x: torch.Tensor) -> bool:
+    """Whether a non-zero entry's fp32 square falls below fp32's normal range in an image that is
+    not rescaled (largest magnitude in [2**-56, 2**56], smallest entries below about 2**-63): the
+    fast erank's products then lose bits, and scaling by 2**k changes its value beyond 1e-5 (found
+    by the thorough profile at 2**-66 .. 2**-54; a known limit, see the closing note of issue 7)."""
+    x = x.float().abs()
+    if scale_regime(x) == "rescaled":
+        return False
+    smallest = float(x[x > 0].min()) if bool((x > 0).any()) else 1.0
+    return smallest * smallest < torch.finfo(torch.float32).tiny
