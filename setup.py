@@ -21,8 +21,11 @@ if os.environ.get("ADA_VTP_SKIP_EXTENSION_BUILD", "0") != "1":
             name="ada_vtp_kernels._C",
             sources=sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")),
             # -ffp-contract=off: no fused multiply-adds, so the fp64 DPP state rounds exactly
-            # like the reference's separate tensor products and differences
-            extra_compile_args={"cxx": ["-O3", "-std=c++17", "-ffp-contract=off"]},
+            # like the reference's separate tensor products and differences.  -fopenmp: ATen's
+            # at::parallel_for is an OpenMP pragma in the headers, compiled into this library;
+            # without the flag it runs every loop on one thread.
+            extra_compile_args={"cxx": ["-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp"]},
+            extra_link_args=["-fopenmp"],
             py_limited_api=False,
         )
     )

@@ -91,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prune_cpu(
     bool compute_erank) {
   // the autograd fallthrough skips the Autograd key for this call only: without this guard the
   // ATen ops below would dispatch through autograd again and fail on inputs that require grad
-  // (out= variants such as mv_out reject them)
+  // (out= variants such as addmm_out reject them); the guard is this thread's, so the worker
+  // threads read detached copies (rescale)
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const PruneParams p{method,   important_ratio, attention_ratio, gain,       erank_ref,   entropy_ref,
                       tau_max,  tau_scale,       complexity,      erank_method, compute_erank};
@@ -151,7 +152,8 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
                      const std::string& method) {
   // the autograd fallthrough skips the Autograd key for this call only: without this guard the
   // ATen ops below would dispatch through autograd again and fail on inputs that require grad
-  // (out= variants such as mv_out reject them)
+  // (out= variants such as addmm_out reject them); the guard is this thread's, so the worker
+  // threads read detached copies (rescale)
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   cpu::check_erank_method(method);
   cpu::check_features(features);
@@ -171,7 +173,8 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
 at::Tensor attention_entropy_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& lengths) {
   // the autograd fallthrough skips the Autograd key for this call only: without this guard the
   // ATen ops below would dispatch through autograd again and fail on inputs that require grad
-  // (out= variants such as mv_out reject them)
+  // (out= variants such as addmm_out reject them); the guard is this thread's, so the worker
+  // threads read detached copies (rescale)
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(scores.dim() == 2 && scores.numel() > 0, "scores must be a non-empty tensor [B, N], got ",
                     cpu::shape_str(scores.sizes()));
