@@ -10,7 +10,10 @@ Each function takes ``backend=``:
   CPU tensors with ``TRITON_INTERPRET=1`` set before triton's first import (the interpreter runs the
   GPU code path on the CPU, about 1000x slower, for checking it without a GPU).
 
-All backends return identical indices (shared/DESIGN.md).
+The reference and the C++ op compute the same cosines (fp64 dot products rounded once to fp32)
+and return identical indices; the Triton kernels sum in fp32, so their indices equal those except
+where a near-tie decides (shared/DESIGN.md, reproducibility contract).  On one machine every
+backend gives the same bits whatever the thread count or the rest of the batch.
 """
 
 import importlib

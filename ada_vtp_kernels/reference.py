@@ -10,17 +10,20 @@ Numerical conventions (what makes the backends agree bit for bit on exact inputs
   outside [2**-56, 2**56] are they multiplied by ``2**-e``, ``e`` its binary exponent, so that
   1e-30 or 1e30 neither underflow nor overflow when squared.  A power of two is exact, so the
   cosines do not change; the norm clamp (1e-6) applies to the features as given.
-- Cosine similarity is ``S(i, j) = clamp(xn_i . xn_j, -1, 1)`` with
-  ``xn_i = x_i / max(||x_i||, 1e-6)`` (fp32, the norm as `torch.linalg.vector_norm` computes
-  it), ``xn`` times ``xnᵀ`` one fp32 matrix product, as the peers' own code computes it:
-  VisPruner's rounds then reproduce its official selections.  Distance ``d = 1 - S`` with
+- Cosine similarity is ``S(i, j) = clamp(fp32(x_i . x_j / (max(||x_i||, 1e-6) max(||x_j||,
+  1e-6))), -1, 1)``: the dot products and norms of the fp32 rows in fp64 (whose products of
+  fp32 values are exact), rounded once to fp32.  No BLAS kernel decides its bits (an fp32 GEMM
+  rounds by its summation order, which differs between MKL's AVX2 and AVX-512 kernels and once
+  made `dpp` part from CDPruner's own code on an Intel Xeon), so the C++ op gives the same
+  cosines on every CPU; two fp64 sums can round to different fp32 neighbours only when their
+  value lies within about 1e-16 of a rounding boundary.  Distance ``d = 1 - S`` with
   ``d < 1e-6`` snapped to 0 (duplicates are exact ties); every method uses ``d`` and
   ``S = 1 - d``.  The diagonal is set, not computed: ``d(i, i) = 0``, or 1 for a row whose norm
   is below the clamp (a zero row is dissimilar to everything).  ``d(i, .)`` is row ``i``: the
   row of the selected or visited token.  Rows whose norm is a power of two and whose products
   are exact in fp32 (entries in {-1, 0, 1}, 4**m non-zeros) give bit-identical distances on
-  every backend; on other inputs backends agree to fp32 rounding of the product's summation
-  order.
+  every backend; the Triton kernels sum in fp32 (tensor cores), so on other inputs their
+  selections equal these except at near-ties (tests/near_ties.py proves each one).
 - The DPP greedy state is fp64; thresholds (tau, ratios) are fp64 Python floats.
 - Scores (and relevance) are ordered as fp32 values, whatever their dtype: float64 scores that
   differ only beyond fp32 precision tie (and go to the lowest index).  The entropy uses them at
@@ -301,9 +304,10 @@ def erank_ref(features: torch.Tensor, lengths: torch.Tensor | None = None,
 
 def cosine_distance(xs: torch.Tensor) -> torch.Tensor:
     """Snapped cosine distance [n, n] fp32 of rescaled fp32 rows [n, D] (see the module docstring)."""
-    norms = torch.linalg.vector_norm(xs, dim=-1)
-    xn = xs / norms.clamp_min(defaults.NORM_EPS)[:, None]
-    sim = (xn @ xn.T).clamp(-1.0, 1.0)
+    x = xs.to(torch.float64)
+    norms = torch.linalg.vector_norm(x, dim=-1)
+    denom = norms.clamp_min(defaults.NORM_EPS)
+    sim = ((x @ x.T) / (denom[:, None] * denom[None, :])).to(torch.float32).clamp(-1.0, 1.0)
     dist = 1.0 - sim
     dist = torch.where(dist < defaults.DISTANCE_SNAP, torch.zeros_like(dist), dist)
     # self-distance is set, not computed: 0 for a real token, 1 for one below the norm clamp

@@ -13,11 +13,11 @@ rows X (after `reference.rescale`'s power-of-two factor):
                maxmin (divprune, mix, mix_adaptive), agile (then maxmin), dpp (fp64), vispruner
     output     the K selected tokens, sorted ascending
 
-The C++ op normalises the rows before its GEMM and sums in another order, so the two backends'
-distances agree to a few fp32 ulps, not bitwise: indices are identical wherever no two
-candidates (or a distance and a threshold) are that close, and exactly identical on inputs whose
-cosines are exact in fp32 (tests/conftest.py `exact_features`).  DESIGN.md's note on VisPruner's
-near-ties applies here as it does between the reference and the C++ op.
+The C++ op and the reference round fp64 dot products once (`reference.cosine_distance`); these
+kernels sum in fp32, so the distances agree to a few fp32 ulps, not bitwise: indices are
+identical wherever no two candidates (or a distance and a threshold) are that close, which the
+tests prove with tests/near_ties.py, and exactly identical on inputs whose cosines are exact in
+fp32 (tests/conftest.py `exact_features`).  DESIGN.md's note on VisPruner's near-ties applies.
 
 Launches per call: absmax, norms, distances, entropy, the erank's (fast: about 50, none of them
 synchronising; exact: torch's fp64 `eigvalsh`, which synchronises on CUDA), two sorts and one

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "blas.h"
 #include "image.h"
 
 namespace ada_vtp::cpu {
@@ -112,8 +113,8 @@ at::Tensor inverse_cholesky(const at::Tensor& gram) {
 // with fp32 Gram-Schmidt, a row that keeps little of its norm is only as accurate as fp32 allows.
 void orthonormalize_rows(at::Tensor& y) {
   const auto rows64 = y.to(at::kDouble);
-  y.copy_(at::mm(inverse_cholesky(at::mm(rows64, rows64.t())).to(at::kFloat), y));
-  y.copy_(at::mm(inverse_cholesky(at::mm(y, y.t()).to(at::kDouble)).to(at::kFloat), y));
+  y.copy_(blas::mm(inverse_cholesky(blas::mm(rows64, rows64.t())).to(at::kFloat), y));
+  y.copy_(blas::mm(inverse_cholesky(blas::mm(y, y.t()).to(at::kDouble)).to(at::kFloat), y));
 }
 
 // rows of `out` [c, m] = rows of y [c, m] / their norms (a zero row where the norm is 0); returns
@@ -163,8 +164,9 @@ double remainder_trace(const at::Tensor& xs, const at::Tensor& q, const at::Tens
   const double total = squared_norm(xs);
   const double kept = squared_norm(b);
   if (total - kept >= kTraceBySubtraction * total) return total - kept;
-  const at::Tensor a = tokens ? xs.t() : xs;  // [rows, m]
-  return squared_norm(at::addmm(a, b.t(), q, 1, -1).contiguous());
+  auto residual = (tokens ? xs.t() : xs).clone(at::MemoryFormat::Contiguous);  // a [rows, m]
+  blas::addmm_(residual, b.t(), q, 1, -1);
+  return squared_norm(residual);
 }
 
 // reference._control_line: a + b lam fitted to f on the nodes, weighted by w
@@ -201,8 +203,8 @@ double erank_fast_one(const at::Tensor& xs) {
   const bool tokens = n < d;  // G = X Xᵀ (probes over tokens) or Xᵀ X (over channels)
   const int64_t m = tokens ? n : d;
   // rows of V [c, m] -> rows of (a V)ᵀ [c, rows] -> rows of (aᵀ a V)ᵀ [c, m], a = X or Xᵀ
-  auto apply_a = [&](const at::Tensor& v) { return tokens ? at::mm(v, xs) : at::mm(v, xs.t()); };
-  auto apply_at = [&](const at::Tensor& u) { return tokens ? at::mm(u, xs.t()) : at::mm(u, xs); };
+  auto apply_a = [&](const at::Tensor& v) { return tokens ? blas::mm(v, xs) : blas::mm(v, xs.t()); };
+  auto apply_at = [&](const at::Tensor& u) { return tokens ? blas::mm(u, xs.t()) : blas::mm(u, xs); };
 
   if (m <= kBlock) return erank_one(xs);
   const int64_t block = m > kLargeAbove ? kLargeBlock : kBlock;  // reference.fast_erank_block
@@ -215,7 +217,7 @@ double erank_fast_one(const at::Tensor& xs) {
   }
   auto b = apply_a(q);  // [k, rows]
   auto b64 = b.to(at::kDouble);
-  auto theta = eigvalsh_sequential(at::mm(b64, b64.t())).clamp_min(0);
+  auto theta = blas::eigvalsh(blas::mm(b64, b64.t())).clamp_min(0);
   double total = 0.0, total_log = 0.0;
   const double* theta_p = theta.data_ptr<double>();
   for (int64_t i = 0; i < theta.size(0); ++i) {
@@ -236,7 +238,7 @@ double erank_fast_one(const at::Tensor& xs) {
     auto basis = at::empty({kSteps, kProbes, m}, xs.options());
     auto basis_at = [&, base = basis.data_ptr<float>()](int64_t i, int64_t c) { return base + (i * kProbes + c) * m; };
     auto z = probe_rows(m, kProbes, 1);
-    for (int pass = 0; pass < 2; ++pass) z.addmm_(at::mm(z, q.t()), q, 1, -1);
+    for (int pass = 0; pass < 2; ++pass) blas::addmm_(z, blas::mm(z, q.t()), q, 1, -1);
     const std::vector<double> beta0 = normalize_rows(z, basis[0]);
     auto alpha = at::zeros({kSteps, kProbes}, at::TensorOptions().dtype(at::kDouble));
     auto beta = at::zeros({kSteps, kProbes}, at::TensorOptions().dtype(at::kDouble));
@@ -262,7 +264,7 @@ double erank_fast_one(const at::Tensor& xs) {
       }
       // full reorthogonalisation, twice: against Q, then against the probe's earlier vectors
       for (int pass = 0; pass < 2; ++pass) {
-        w.addmm_(at::mm(w, q.t()), q, 1, -1);
+        blas::addmm_(w, blas::mm(w, q.t()), q, 1, -1);
         for (int64_t c = 0; c < kProbes; ++c) {
           float* wc = wp + c * m;
           for (int64_t i = 0; i <= j; ++i) {
@@ -288,7 +290,7 @@ double erank_fast_one(const at::Tensor& xs) {
           acc[c][i][i + 1] = acc[c][i + 1][i] = off;
         }
       }
-      auto [theta_t, vectors] = eigh_sequential(t);
+      auto [theta_t, vectors] = blas::eigh(t);
       auto th = theta_t.accessor<double, 2>();
       auto ve = vectors.accessor<double, 3>();
       for (int64_t c = 0; c < kProbes; ++c) {

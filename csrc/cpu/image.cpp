@@ -1,112 +1,150 @@
 #include "image.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+
+#include "blas.h"
 
 namespace ada_vtp::cpu {
 namespace {
 
-constexpr float kNormEps = 1e-6f;
+// defaults.NORM_EPS, defaults.DISTANCE_SNAP
+constexpr double kNormEps = 1e-6;
 constexpr float kDistanceSnap = 1e-6f;
 // defaults.SAFE_MIN / SAFE_MAX: outside, fp32 squares could underflow or overflow
 constexpr double kSafeMin = 0x1p-56;
 constexpr double kSafeMax = 0x1p56;
+// rows per block of the full Gram (fixed, so that no thread count changes a product)
+constexpr int64_t kGramRows = 96;
 
 }  // namespace
 
-at::Tensor rescale(const at::Tensor& x, double amax) {
-  if (amax == 0.0 || (amax >= kSafeMin && amax <= kSafeMax)) return x.to(at::kFloat).contiguous();
+at::Tensor rescale(const at::Tensor& x_in, double amax) {
+  // detached: this runs on at::parallel_for's worker threads, which the op's thread-local
+  // AutoDispatchBelowADInplaceOrView does not reach, and a copy that requires grad would make the
+  // out= products downstream fail
+  const auto x = x_in.detach();
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  if (amax == 0.0 || (amax >= kSafeMin && amax <= kSafeMax)) return out.copy_(x);
   int exponent = 0;
   std::frexp(amax, &exponent);
   // 2^-e can leave float's range: scale in double and round once, as the reference does
-  return at::mul(x.to(at::kDouble), std::ldexp(1.0, -exponent)).to(at::kFloat).contiguous();
+  return out.copy_(at::mul(x.to(at::kDouble), std::ldexp(1.0, -exponent)));
 }
 
 double attention_entropy_one(const at::Tensor& scores) {
-  // the same ATen ops as reference.attention_entropy_one, so both round identically
-  auto s = scores.to(at::kDouble);
-  auto total = s.sum();
-  if (total.item<double>() == 0.0) return std::log(static_cast<double>(s.numel()));
-  auto p = s / total;
-  return -at::xlogy(p, p).sum().item<double>();
-}
-
-// MKL's thread-local thread count, in its Fortran binding (a pointer argument), the name torch's
-// x86 wheels export from the MKL they link statically (their C name is an alias of the same
-// code there, so it cannot be called with an int).  Weak: with a torch built without MKL the
-// pointer is null and the library still loads.
-extern "C" int mkl_set_num_threads_local_(const int* threads) __attribute__((weak));
-
-namespace {
-
-// f() with MKL's LAPACK on one thread (this thread only), the previous count restored after.
-template <typename F>
-auto with_sequential_lapack(F f) {
-  if (mkl_set_num_threads_local_ == nullptr) return f();
-  static constexpr int kOne = 1;
-  struct Restore {
-    int before;
-    ~Restore() { mkl_set_num_threads_local_(&before); }
-  } restore{mkl_set_num_threads_local_(&kOne)};
-  return f();
-}
-
-}  // namespace
-
-at::Tensor eigvalsh_sequential(const at::Tensor& a) {
-  return with_sequential_lapack([&] { return at::linalg_eigvalsh(a); });
-}
-
-std::tuple<at::Tensor, at::Tensor> eigh_sequential(const at::Tensor& a) {
-  return with_sequential_lapack([&] { return at::linalg_eigh(a); });
+  const auto s = scores.to(at::kDouble).contiguous();
+  const double* p = s.data_ptr<double>();
+  const int64_t n = s.numel();
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) total += p[i];
+  if (total == 0.0) return std::log(static_cast<double>(n));
+  double h = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double q = p[i] / total;
+    if (q > 0.0) h -= q * std::log(q);
+  }
+  return h;
 }
 
 double erank_one(const at::Tensor& xs) {
   auto x = xs.to(at::kDouble);
-  auto gram = x.size(0) <= x.size(1) ? at::mm(x, x.t()) : at::mm(x.t(), x);
-  auto sigma = eigvalsh_sequential(gram).clamp_min(0).sqrt();
+  auto gram = x.size(0) <= x.size(1) ? blas::mm(x, x.t()) : blas::mm(x.t(), x);
+  auto sigma = blas::eigvalsh(gram).clamp_min(0).sqrt();
   auto total = sigma.sum();
   if (total.item<double>() == 0.0) return 0.0;
   auto q = sigma / total;
   return at::exp(-at::xlogy(q, q).sum()).item<double>();
 }
 
-Distances::Distances(const at::Tensor& xs, bool full_gram, int64_t max_rows) : n_(xs.size(0)) {
-  auto norms = at::linalg_vector_norm(xs, 2, {-1});
-  xn_ = (xs / norms.clamp_min(kNormEps).unsqueeze(1)).contiguous();
-  tiny_.resize(n_);
-  const float* nrm = norms.data_ptr<float>();
-  for (int64_t i = 0; i < n_; ++i) tiny_[i] = nrm[i] < kNormEps;
-  if (full_gram) {
-    full_ = at::mm(xn_, xn_.t()).contiguous();
-    float* d = full_.data_ptr<float>();
-    for (int64_t i = 0; i < n_; ++i) snap_row(d + i * n_, i);
-  } else {
-    slot_.assign(n_, -1);
-    rows_.resize(static_cast<size_t>(max_rows) * n_);
+// fp64 dot products of fp32 rows [n, d] with v [d]: kLanes partial sums over k mod kLanes, added
+// in a fixed order, so that each ISA's clone (the compiler vectorises the lanes) gives the same
+// bits; 16 lanes keep four vector additions in flight.  Reads the fp32 rows: fp64 copies would
+// double an on-demand row's memory traffic.
+constexpr int kLanes = 16;
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void dots_fp64(const float* rows, int64_t n, int64_t d, const float* v, double* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* r = rows + j * d;
+    double lane[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= d; k += kLanes) {
+      for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(r[k + l]) * static_cast<double>(v[k + l]);
+    }
+    double tail = 0.0;
+    for (; k < d; ++k) tail += static_cast<double>(r[k]) * static_cast<double>(v[k]);
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int l = 0; l < width; ++l) lane[l] += lane[l + width];
+    }
+    out[j] = lane[0] + tail;
   }
 }
 
-void Distances::snap_row(float* row, int64_t i) const {
-  // similarities in, snapped distances out (reference.cosine_distance, element for element)
-  for (int64_t j = 0; j < n_; ++j) {
-    float s = std::min(std::max(row[j], -1.0f), 1.0f);
-    float d = 1.0f - s;
-    row[j] = d < kDistanceSnap ? 0.0f : d;
+Distances::Distances(const at::Tensor& xs, bool full_gram, int64_t max_rows) : n_(xs.size(0)), xs_(xs) {
+  denom_.resize(n_);
+  tiny_.resize(n_);
+  std::vector<double> squares(n_);
+  for (int64_t i = 0; i < n_; ++i) {
+    const float* row = xs_.data_ptr<float>() + i * xs_.size(1);
+    dots_fp64(row, 1, xs_.size(1), row, &squares[i]);
+    const double norm = std::sqrt(squares[i]);
+    denom_[i] = std::max(norm, kNormEps);
+    tiny_[i] = norm < kNormEps;
   }
-  row[i] = self_distance(i);
+  if (full_gram) {
+    fill_full();
+  } else {
+    slot_.assign(n_, -1);
+    rows_.resize(static_cast<size_t>(max_rows) * n_);
+    dots_.resize(n_);
+  }
+}
+
+float Distances::distance(double dot, int64_t i, int64_t j) const {
+  // reference.cosine_distance, element for element: one rounding to fp32, then clamp and snap
+  const float s = std::min(std::max(static_cast<float>(dot / (denom_[i] * denom_[j])), -1.0f), 1.0f);
+  const float d = 1.0f - s;
+  return d < kDistanceSnap ? 0.0f : d;
+}
+
+void Distances::fill_full() {
+  full_ = at::empty({n_, n_}, xs_.options());
+  float* out = full_.data_ptr<float>();
+  const auto x64 = xs_.to(at::kDouble);
+  // the upper triangle by blocks of rows, each block one fp64 GEMM with the rows from its first
+  // on, mirrored below: d is symmetric by construction
+  const int64_t blocks = (n_ + kGramRows - 1) / kGramRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    blas::with_one_blas_thread([&] {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t r0 = block * kGramRows, rows = std::min(kGramRows, n_ - r0), cols = n_ - r0;
+        const auto dots = at::mm(x64.narrow(0, r0, rows), x64.narrow(0, r0, cols).t());
+        const double* g = dots.data_ptr<double>();
+        for (int64_t a = 0; a < rows; ++a) {
+          const int64_t i = r0 + a;
+          for (int64_t j = i + 1; j < n_; ++j) out[i * n_ + j] = out[j * n_ + i] = distance(g[a * cols + j - r0], i, j);
+          out[i * n_ + i] = self_distance(i);
+        }
+      }
+    });
+  });
 }
 
 const float* Distances::row(int64_t i) {
   if (full_.defined()) return full_.data_ptr<float>() + i * n_;
   if (slot_[i] >= 0) return rows_.data() + slot_[i] * n_;
   TORCH_CHECK(static_cast<size_t>((used_ + 1) * n_) <= rows_.size(), "ada_vtp: distance row cache overflow");
+  const int64_t d = xs_.size(1);
+  const float* x = xs_.data_ptr<float>();
+  dots_fp64(x, n_, d, x + i * d, dots_.data());
   float* dst = rows_.data() + used_ * n_;
-  auto out = at::from_blob(dst, {n_}, at::TensorOptions().dtype(at::kFloat));
-  at::mv_out(out, xn_, xn_[i]);
-  snap_row(dst, i);
+  for (int64_t j = 0; j < n_; ++j) dst[j] = distance(dots_[j], i, j);
+  dst[i] = self_distance(i);
   slot_[i] = used_++;
   return dst;
 }

@@ -3,34 +3,30 @@
 #pragma once
 
 #include <cstdint>
-#include <tuple>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 
 namespace ada_vtp::cpu {
 
-// [n, D] any float -> [n, D] fp32 contiguous (reference.rescale): as given, or, when max|x|
-// (amax, from check_finite_features) is outside [2^-56, 2^56], times the power of two that
-// brings it into [0.5, 1), so that no square overflows or underflows.
+// [n, D] any float -> [n, D] fp32 in a buffer of its own (reference.rescale): as given, or, when
+// max|x| (amax, from check_finite_features) is outside [2^-56, 2^56], times the power of two
+// that brings it into [0.5, 1), so that no square overflows or underflows.  Always a fresh
+// buffer: the matrix products' rounding must not depend on where the image sits in the batch.
 at::Tensor rescale(const at::Tensor& x, double amax);
 
 // Attention entropy (nats) of one image's valid scores [n]; all-zero scores count as uniform.
+// Summed in index order in fp64, so that no thread count changes a bit.
 double attention_entropy_one(const at::Tensor& scores);
 
 // Exact erank of rescaled fp32 rows [n, D]: fp64 eigenvalues of the smaller Gram matrix.
 double erank_one(const at::Tensor& xs);
 
-// at::linalg_eigvalsh / at::linalg_eigh, whose bits do not depend on the thread count.  MKL's
-// threaded LAPACK rounds differently with torch.get_num_threads() (measured: eigvalsh of a
-// 178 x 178 Gram, 1 vs 2 threads), so these run it on one thread (mkl_set_num_threads_local,
-// this thread only).  With a torch built on another LAPACK they are the plain calls.
-at::Tensor eigvalsh_sequential(const at::Tensor& a);
-std::tuple<at::Tensor, at::Tensor> eigh_sequential(const at::Tensor& a);
-
-// Rows of the snapped cosine distance d(i, .) of one image, each computed once.  With
-// `full_gram` one n x n matrix product serves every row (the methods that compare all pairs,
-// or where K rows would cost more); otherwise each requested row is one matrix-vector product.
+// Rows of the snapped cosine distance d(i, .) of one image, each computed once.  The cosines
+// come from fp64 dot products of the fp32 rows, rounded once to fp32 (reference.cosine_distance),
+// so they do not depend on the CPU's BLAS kernels.  With `full_gram` one triangle of the n x n
+// fp64 Gram (MKL's dgemm by fixed blocks of rows) serves every row (the methods that compare all
+// pairs, or where K rows would cost more); otherwise each requested row is n dot products.
 class Distances {
  public:
   Distances(const at::Tensor& xs, bool full_gram, int64_t max_rows);
@@ -40,14 +36,18 @@ class Distances {
   float self_distance(int64_t i) const { return tiny_[i] ? 1.0f : 0.0f; }
 
  private:
-  void snap_row(float* row, int64_t i) const;
+  // snapped distance of tokens i and j from their fp64 dot product
+  float distance(double dot, int64_t i, int64_t j) const;
+  void fill_full();
 
   int64_t n_;
-  at::Tensor xn_;                 // [n, D] fp32, L2-normalised rows
+  at::Tensor xs_;                 // [n, D] the rescaled fp32 rows (contiguous)
+  std::vector<double> denom_;     // max(||x_i||, 1e-6)
   std::vector<uint8_t> tiny_;     // rows below the norm clamp: self-distance 1
   at::Tensor full_;               // [n, n] distances when full_gram
   std::vector<int64_t> slot_;     // token -> cached row slot, -1 when not computed
   std::vector<float> rows_;       // cached rows, max_rows x n
+  std::vector<double> dots_;      // one row's dot products
   int64_t used_ = 0;
 };
 
