@@ -16,10 +16,13 @@ selection is what the overlap column measures.
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from ada_vtp_kernels import defaults, functional, ops, reference
+
+GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "peers_real.pt"
 
 TAU_MAXES = (0.1, 0.2, 0.3, 0.4, 0.6, 1.0)
 
@@ -48,7 +51,7 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--golden", default="/work/shared/golden/peers_real.pt",
+    parser.add_argument("--golden", default=str(GOLDEN.resolve()),
                         help="a .pt with names, features [B, N, D] and scores [B, N] (default: %(default)s)")
     parser.add_argument("--keep", type=int, default=64, help="K for the agile columns (default: %(default)s)")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "reference"),

