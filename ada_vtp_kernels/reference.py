@@ -302,13 +302,18 @@ def erank_ref(features: torch.Tensor, lengths: torch.Tensor | None = None,
 # similarity
 
 
-def cosine_distance(xs: torch.Tensor) -> torch.Tensor:
-    """Snapped cosine distance [n, n] fp32 of rescaled fp32 rows [n, D] (see the module docstring)."""
+def cosine_distance(xs: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """Snapped cosine distance [n, n] fp32 of rescaled fp32 rows [n, D] (see the module docstring).
+
+    With ``exact=True`` the fp64 cosines are not rounded to fp32 and the result is fp64: the
+    truth against which tests/near_ties.py measures every backend's rounding."""
     x = xs.to(torch.float64)
     norms = torch.linalg.vector_norm(x, dim=-1)
     denom = norms.clamp_min(defaults.NORM_EPS)
-    sim = ((x @ x.T) / (denom[:, None] * denom[None, :])).to(torch.float32).clamp(-1.0, 1.0)
-    dist = 1.0 - sim
+    sim = (x @ x.T) / (denom[:, None] * denom[None, :])
+    if not exact:
+        sim = sim.to(torch.float32)
+    dist = 1.0 - sim.clamp(-1.0, 1.0)
     dist = torch.where(dist < defaults.DISTANCE_SNAP, torch.zeros_like(dist), dist)
     # self-distance is set, not computed: 0 for a real token, 1 for one below the norm clamp
     # (like a zero row), so no method's pick can be decided by the rounding of x_i . x_i

@@ -5,7 +5,8 @@ Backends compute the cosine similarities with different roundings: the reference
 round an fp64 dot product once to fp32 (machine-independent), the Triton kernels and the peers'
 code accumulate in fp32 (their bits depend on the summation order, hence on the CPU or GPU).
 Where two selections differ, `check_row` replays the method's greedy steps on the exact cosines
-(fp64 products of the rescaled rows, never rounded to fp32) and follows both selections together:
+(`reference.cosine_distance(xs, exact=True)`, never rounded to fp32) and follows both selections
+together:
 
 - at every step each selection's own next pick is its member with the best exact criterion; it
   must be within the selection's rounding tolerance of the step's exact best (otherwise the
@@ -105,18 +106,6 @@ class Side(NamedTuple):
     rounding: Rounding
     erank: float
     entropy: float
-
-
-def exact_distances(xs: torch.Tensor) -> torch.Tensor:
-    """[n, n] fp64 snapped cosine distances of rescaled rows [n, D], never rounded to fp32 (the
-    rules of reference.cosine_distance)."""
-    x = xs.to(torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=-1)
-    denom = norms.clamp_min(defaults.NORM_EPS)
-    dist = 1.0 - ((x @ x.T) / (denom[:, None] * denom[None, :])).clamp(-1.0, 1.0)
-    dist = torch.where(dist < defaults.DISTANCE_SNAP, torch.zeros_like(dist), dist)
-    dist.diagonal().copy_((norms < defaults.NORM_EPS).to(dist.dtype))
-    return dist
 
 
 class _Replay:
@@ -277,10 +266,11 @@ def _dpp(rp: _Replay, relevance: torch.Tensor, k: int):
         available = ~taken
         tol = tolerance_at(t)
         best = int(torch.argmax(torch.where(available, d2, -math.inf)))
-        if float(d2[best]) - max(tol(s, best) for s in range(2)) <= stop:
-            if float(d2[best]) + max(tol(s, best) for s in range(2)) > stop:
+        best_tol = max(tol(s, best) for s in range(2))
+        if float(d2[best]) - best_tol <= stop:
+            if float(d2[best]) + best_tol > stop:
                 return NearTie(rp.method, "DPP gain vs the rank stop", t, (best, best),
-                               abs(float(d2[best]) - stop), max(tol(s, best) for s in range(2)))
+                               abs(float(d2[best]) - stop), best_tol)
             rest = [i for i in reference.score_order(relevance).tolist() if not taken[i]]
             rp.require_in_both(rest[: k - t], "the tokens of highest relevance after the rank stop,")
             return None
@@ -354,7 +344,7 @@ def check_row(features: torch.Tensor, scores: torch.Tensor, keep: int, params: d
     if method == "attention":
         raise AssertionError(f"{label}: attention selections differ: scores are exact on every backend")
     xs = reference.rescale(features)
-    rp = _Replay(method, label, exact_distances(xs), xs.shape[1], sides)
+    rp = _Replay(method, label, reference.cosine_distance(xs, exact=True), xs.shape[1], sides)
     scores32 = scores.to(torch.float32)
     if method in ("mix", "mix_adaptive"):
         ratios = [params["attention_ratio"]] * 2

@@ -172,9 +172,7 @@ at::Tensor erank_cpu(const at::Tensor& features, const std::optional<at::Tensor>
 
 at::Tensor attention_entropy_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& lengths) {
   // the autograd fallthrough skips the Autograd key for this call only: without this guard the
-  // ATen ops below would dispatch through autograd again and fail on inputs that require grad
-  // (out= variants such as addmm_out reject them); the guard is this thread's, so the worker
-  // threads read detached copies (rescale)
+  // ATen ops below would dispatch through autograd again (this op runs on one thread)
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(scores.dim() == 2 && scores.numel() > 0, "scores must be a non-empty tensor [B, N], got ",
                     cpu::shape_str(scores.sizes()));
