@@ -4,7 +4,7 @@ The C++ schema (csrc/torch_bindings.cpp) repeats these literals as its argument 
 tests/test_ops.py checks that the two agree.
 
 Calibration: AgilePruner does not publish `erank_ref` or `tau_max`.  The values below were
-measured on real encoder features, the eight DINOv2 ViT-S/14 photos of shared/golden
+measured on real encoder features, the eight DINOv2 ViT-S/14 photos of tests/data/golden
 (layer -2, 576 tokens at 336 px, 384 channels):
 
 - ``ERANK_REF = 90.0``: their exact erank spans 68.8 (moon) to 111.7 (cat; chelsea is the

@@ -12,7 +12,7 @@ Each function takes ``backend=``:
 
 The reference and the C++ op compute the same cosines (fp64 dot products rounded once to fp32)
 and return identical indices; the Triton kernels sum in fp32, so their indices equal those except
-where a near-tie decides (shared/DESIGN.md, reproducibility contract).  On one machine every
+where a near-tie decides (docs/DESIGN.md, reproducibility contract).  On one machine every
 backend gives the same bits whatever the thread count or the rest of the batch.
 """
 
@@ -68,7 +68,7 @@ def prune(
 ) -> PruneResult:
     r"""Select ``keep`` of the N visual tokens of each image, batched.
 
-    Methods (shared/DESIGN.md has the exact rules; d is the snapped cosine distance):
+    Methods (docs/DESIGN.md has the exact rules; d is the snapped cosine distance):
 
     - ``"attention"`` (FasterVLM): the K highest scores.
     - ``"divprune"`` (DivPrune): max-min diversity; first the token whose nearest neighbour is

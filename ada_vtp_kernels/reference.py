@@ -1,7 +1,7 @@
 """Pure-PyTorch reference of every statistic and selection method: the specification in code.
 
 Every backend (C++ CPU op, Triton) must return the indices this module returns.  It follows
-shared/DESIGN.md rule by rule and favours clarity over speed: one image at a time, Python loops.
+docs/DESIGN.md rule by rule and favours clarity over speed: one image at a time, Python loops.
 Tests and benchmarks import it; nothing else re-implements it.
 
 Numerical conventions (what makes the backends agree bit for bit on exact inputs):

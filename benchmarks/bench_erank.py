@@ -2,8 +2,8 @@
 
 Prints, all measured in this one process:
 - accuracy: relative error of the C++ "fast" op against the exact fp64 erank, per case family
-  (median, max): synthetic spectra (ada_vtp_kernels.spectra) for N in {64, 576, 2880},
-  D in {384, 1024, 4096}, fp32/fp16/bf16, and the real DINOv2 features of shared/golden;
+  (median, max): synthetic spectra (ada_vtp_kernels.apps.spectra) for N in {64, 576, 2880},
+  D in {384, 1024, 4096}, fp32/fp16/bf16, and the real DINOv2 features of tests/data/golden;
 - speed at N=576, D=1024 fp32 (one image): torch.linalg.svdvals, the Gram matrix product, Gram +
   eigvalsh, the exact op, the fast op, and the ratios the issue asks for;
 - inside prune: agile with the fast erank minus agile with the entropy complexity (no erank),
@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ada_vtp_kernels as vtp  # noqa: E402
 from ada_vtp_kernels import reference  # noqa: E402
-from ada_vtp_kernels.spectra import SPECTRA, synthetic_features  # noqa: E402
+from ada_vtp_kernels.apps.spectra import SPECTRA, synthetic_features  # noqa: E402
 
 from _common import RESULTS_DIR, cpu_name, environment, measure  # noqa: E402
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "peers_real.pt"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "peers_real.pt"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -110,7 +110,7 @@ def smoke() -> None:
         want = torch.ops.ada_vtp.prune(features, scores, 16, method, lengths, erank_method="exact")[0]
         same = torch.equal(got, want)
         print(f"prune {method:13s} interpreter vs C++: indices {'identical' if same else 'DIFFER'}")
-        if not same and method != "vispruner":  # VisPruner's near-ties: shared/DESIGN.md
+        if not same and method != "vispruner":  # VisPruner's near-ties: docs/DESIGN.md
             raise SystemExit(f"prune {method}: the Triton indices differ from the C++ op's")
 
 

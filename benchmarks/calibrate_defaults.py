@@ -2,7 +2,7 @@
 
     python benchmarks/calibrate_defaults.py [--golden PATH] [--keep 64] [--backend auto|cpu|reference]
 
-On real encoder features (default: shared/golden/peers_real.pt, eight scikit-image photos
+On real encoder features (default: tests/data/golden/peers_real.pt, eight scikit-image photos
 through DINOv2 ViT-S/14, 576 tokens x 384 channels) it prints, per photo, the exact erank and
 the [CLS] attention entropy and their means (what ERANK_REF and ENTROPY_REF are rounded from),
 then, for agile at K = --keep and each tau_max of TAU_MAXES, how many tokens the score order
@@ -22,7 +22,7 @@ import torch
 
 from ada_vtp_kernels import defaults, functional, ops, reference
 
-GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "peers_real.pt"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "peers_real.pt"
 
 TAU_MAXES = (0.1, 0.2, 0.3, 0.4, 0.6, 1.0)
 

@@ -4,7 +4,7 @@ and the live half of the golden tests (tests/test_golden.py).
 Each port redoes, operation for operation and call for call (the same norm, product, dtype casts,
 ``topk`` / ``argsort`` / ``argmax`` arguments and update order, so the same rounding and the same
 tie-breaking on the same machine), the selection loop that the peer's repository runs at
-inference, at the commit whose selections shared/golden/peers_real.pt stores (written here from
+inference, at the commit whose selections tests/data/golden/peers_real.pt stores (written here from
 the published loops, not copied):
 
 - `fastervlm_official`: Theia-4869/FasterVLM @ f5d5f12, ``llava/model/llava_arch.py``,
@@ -39,7 +39,7 @@ all; as the peers run in LLaVA, batch size 1); FasterVLM's, CDPruner's and VisPr
 ``encode_images`` are written for a batch, and so are their ports (at B=1 this is the same loop).
 
 ``python benchmarks/peers.py [--golden PATH]`` checks the ports against the selections that the
-official code made on real DINOv2 features (shared/golden/peers_real.pt).
+official code made on real DINOv2 features (tests/data/golden/peers_real.pt).
 """
 
 import argparse
@@ -161,7 +161,7 @@ def check_against_golden(path: str) -> bool:
     return all_equal
 
 
-GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "peers_real.pt"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "peers_real.pt"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

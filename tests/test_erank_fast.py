@@ -12,9 +12,9 @@ import torch
 
 import ada_vtp_kernels as vtp
 from ada_vtp_kernels import reference
-from ada_vtp_kernels.spectra import synthetic_features
+from ada_vtp_kernels.apps.spectra import synthetic_features
 
-GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "peers_real.pt"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "peers_real.pt"
 SPECTRA = ["pow0.5", "pow1", "pow2", "exp", "flat", "rank1", "rank10"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -119,8 +119,6 @@ def test_accuracy_synthetic_large(n, dim):
 
 @pytest.fixture(scope="module")
 def golden():
-    if not GOLDEN.exists():
-        pytest.skip(f"golden file {GOLDEN} is missing (it lives in the shared/ folder next to the repository)")
     return torch.load(GOLDEN, weights_only=True)
 
 
@@ -150,7 +148,7 @@ def photo_features():
     pytest.importorskip("transformers", minversion="5")
     pytest.importorskip("onnx")
     pytest.importorskip("skimage")
-    from ada_vtp_kernels.encoders import dinov2, encode, sample_photos
+    from ada_vtp_kernels.apps.encoders import dinov2, encode, sample_photos
 
     try:
         dinov2.onnx_path()

@@ -1,5 +1,5 @@
 """Our selections against the peers' official code on real DINOv2 features: the selections that
-code stored (shared/golden/README.md) and the ports of it (benchmarks/peers.py) run live on this
+code stored (tests/data/golden/README.md) and the ports of it (benchmarks/peers.py) run live on this
 machine.
 
 - attention, divprune and dpp (with the file's relevance) equal the stored selections exactly, on
@@ -35,8 +35,6 @@ EXACT = [("attention", "attention"), ("divprune", "divprune"), ("dpp", "dpp_rele
 
 @pytest.fixture(scope="module")
 def golden():
-    if not peers.GOLDEN.exists():
-        pytest.skip(f"golden file {peers.GOLDEN} is missing (it lives in the shared/ folder next to the repository)")
     data = torch.load(peers.GOLDEN, weights_only=True)
     assert data["features"].shape == (8, 576, 384) and data["features"].dtype == torch.float16
     return data

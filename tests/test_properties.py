@@ -8,7 +8,7 @@
   (`check_invariants`), the methods' limiting cases equal the simpler methods, and a row's result
   depends neither on the batch it is in nor on what its padding holds.
 
-`check_invariants` is written from shared/DESIGN.md, not from reference.py, so it checks the
+`check_invariants` is written from docs/DESIGN.md, not from reference.py, so it checks the
 reference too.
 """
 
@@ -202,7 +202,7 @@ def test_power_of_two_scale_invariance(case, feature_exp, score_exp):
     """Scaling an image's features by 2**k or its scores by 2**j (exact in floating point) changes
     no index; the entropy keeps its bits.  Not across the rescale threshold or the norm clamp: an
     image whose largest magnitude is in [2**-56, 2**-20] has every row below the 1e-6 clamp (all
-    count as zero rows), and 2**-3 times it is rescaled to [0.5, 1) first (shared/DESIGN.md: the
+    count as zero rows), and 2**-3 times it is rescaled to [0.5, 1) first (docs/DESIGN.md: the
     clamp applies to the features as given)."""
     features, scores = case.features * 2.0**feature_exp, case.scores * 2.0**score_exp
     # fp16 stops at 65504 (the padding may hold anything)

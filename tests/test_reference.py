@@ -1,6 +1,6 @@
 """The pure-PyTorch specification (ada_vtp_kernels/reference.py) against hand-checked cases.
 
-Every expected selection below is worked out on paper from shared/DESIGN.md; the comment next to
+Every expected selection below is worked out on paper from docs/DESIGN.md; the comment next to
 each case gives the reasoning.  Most cases use 2-D unit vectors at chosen angles, where the cosine
 distance is d = 1 - cos(angle between them).  Property tests at the end compare the reference with
 tiny independent re-implementations (written from DESIGN.md, plain Python lists) on features whose

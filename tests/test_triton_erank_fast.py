@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 
 import ada_vtp_kernels as vtp  # noqa: E402
 from ada_vtp_kernels import ops, reference  # noqa: E402
-from ada_vtp_kernels.spectra import synthetic_features  # noqa: E402
+from ada_vtp_kernels.apps.spectra import synthetic_features  # noqa: E402
 from ada_vtp_kernels.triton import _device  # noqa: E402
 from ada_vtp_kernels.triton import erank_fast as ef  # noqa: E402
 

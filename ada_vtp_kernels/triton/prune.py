@@ -1,7 +1,7 @@
 """The fused prune on the GPU: statistics, snapped cosine distances and every selection method,
 batched, with no host synchronisation after the argument checks.
 
-Math (shared/DESIGN.md; `reference.prune_one` is the specification).  Per image b with n_b valid
+Math (docs/DESIGN.md; `reference.prune_one` is the specification).  Per image b with n_b valid
 rows X (after `reference.rescale`'s power-of-two factor):
 
     norms      ‖x_i‖ in fp32;  G = X Xᵀ in fp32 (tensor cores for fp16/bf16 features: their

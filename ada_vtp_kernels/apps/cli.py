@@ -1,4 +1,4 @@
-"""The ``ada-vtp`` command (also ``python -m ada_vtp_kernels``): real photos through a real encoder.
+"""The ``ada-vtp`` command (also ``python -m ada_vtp_kernels.apps``): real photos through a real encoder.
 
     ada-vtp demo [IMAGE ...]          prune scikit-image's sample photos (or yours) with every method
     ada-vtp analyze --images DIR      the paper's analysis on a folder: entropy, erank, kept-token erank

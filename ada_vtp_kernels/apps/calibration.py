@@ -17,7 +17,7 @@ of the [CLS] attention of the block producing it (`analysis.image_statistics`), 
   eight photos at 336 px, layer -2) for comparison.
 
 The erank grows with the token count, so calibrate at the ``--size`` the pruner will see.  Input
-folders are read as in `ada_vtp_kernels.analysis` (non-images skipped with a warning).
+folders are read as in `ada_vtp_kernels.apps.analysis` (non-images skipped with a warning).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import defaults
+from .. import defaults
 from .analysis import (
     ImageStatistics,
     add_input_arguments,
