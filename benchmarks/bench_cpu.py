@@ -47,7 +47,7 @@ import time
 
 import torch
 
-from ada_vtp_kernels import defaults, functional, ops, reference
+from ada_vtp_kernels import functional, ops, reference, spec
 
 import _common
 import peers
@@ -58,7 +58,7 @@ PEER_PROVIDERS = {"attention": "fastervlm_official", "divprune": "divprune_offic
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One table row's selection: a method and the parameters that differ from the defaults."""
+    """One table row's selection: a method and the parameters that differ from the spec."""
 
     label: str
     method: str
@@ -71,7 +71,7 @@ class Case:
         return functional.prune(features, scores, keep, self.method, backend=backend, **kwargs)
 
 
-CASES = tuple(Case(m, m) for m in defaults.METHODS) + (Case("agile[entropy]", "agile", (("complexity", "entropy"),)),)
+CASES = tuple(Case(m, m) for m in spec.METHODS) + (Case("agile[entropy]", "agile", (("complexity", "entropy"),)),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,19 +98,17 @@ QUICK_REPEATS = {"min_repeats": 1, "max_repeats": 2, "budget_s": 0.0, "retries":
 
 def normalised(features: torch.Tensor) -> torch.Tensor:
     """Unit rows, as every method compares them (the bound does not time this cheap pass)."""
-    return features / features.norm(dim=-1, keepdim=True).clamp_min(defaults.NORM_EPS)
+    return features / features.norm(dim=-1, keepdim=True).clamp_min(spec.NORM_EPS)
 
 
 def attention_counts(case: Case, keep: int, eranks: torch.Tensor) -> list[int] | None:
-    """Per image, how many tokens mix / mix_adaptive take by attention before the max-min fill;
-    None for the other methods."""
-    ratio = dict(case.params).get("attention_ratio", defaults.MIX_ATTENTION_RATIO)
-    if case.method == "mix":
-        return [reference.mix_attention_count(keep, ratio)] * len(eranks)
-    if case.method == "mix_adaptive":
-        return [reference.mix_attention_count(keep, reference.adaptive_attention_ratio(
-            float(e), ratio, defaults.MIX_GAIN, defaults.ERANK_REF)) for e in eranks]
-    return None
+    """Per image, how many tokens mix / mix_adaptive take by attention before the max-min fill
+    (`spec.Method.attention_count`); None for the other methods."""
+    if case.method not in ("mix", "mix_adaptive"):
+        return None
+    p = spec.PruneParams.of(case.method, **dict(case.params))
+    erank = eranks.to(torch.float64)
+    return p.spec.attention_count(p, keep, erank, torch.zeros_like(erank)).tolist()
 
 
 def work_plan(case: Case, keep: int, eranks: torch.Tensor) -> list[tuple[str, int]] | None:
@@ -312,7 +310,7 @@ class Sweeper:
             seen = torch.cat(self.mix_adaptive_eranks)
             self.notes.append(
                 f"mix_adaptive ran as divprune wherever its bound is 'gram': the erank of randn features "
-                f"({float(seen.min()):.0f}-{float(seen.max()):.0f}) far exceeds erank_ref {defaults.ERANK_REF}, "
+                f"({float(seen.min()):.0f}-{float(seen.max()):.0f}) far exceeds erank_ref {spec.DEFAULTS.erank_ref}, "
                 f"which sets its attention share to 0")
         for label, shapes in self.plain_attention.items():
             if shapes:
@@ -320,7 +318,7 @@ class Sweeper:
                     self.sweep.keeps) else ", ".join(shapes)
                 self.notes.append(
                     f"{label} selected exactly attention's top K at {where}: randn tokens are all about cosine "
-                    f"distance 1 apart, beyond tau_max {defaults.TAU_MAX}, so nothing is suppressed and the "
+                    f"distance 1 apart, beyond tau_max {spec.DEFAULTS.tau_max}, so nothing is suppressed and the "
                     f"max-min fill never runs")
 
 

@@ -494,15 +494,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.case is not None:
         return child_main(args.case)
-    from ada_vtp_kernels import defaults, ops
+    from ada_vtp_kernels import ops, spec
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cuda = device.startswith("cuda")
     shape = shape_of(args, device)
     keeps = args.keeps or (QUICK_KEEPS if args.quick else DEFAULT_KEEPS)
     for method in args.methods:
-        if method not in defaults.METHODS:
-            raise SystemExit(f"--methods {method}: expected one of {', '.join(defaults.METHODS)}")
+        if method not in spec.METHODS:
+            raise SystemExit(f"--methods {method}: expected one of {', '.join(spec.METHODS)}")
     for keep in keeps:
         if not 1 <= keep <= shape.patches:
             raise SystemExit(f"--keeps {keep}: expected 1..{shape.patches}")

@@ -36,10 +36,9 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ada_vtp_kernels as vtp  # noqa: E402
-from ada_vtp_kernels import defaults  # noqa: E402
-from ada_vtp_kernels.triton import prune as triton_prune  # noqa: E402
-from ada_vtp_kernels.triton.entropy import attention_entropy  # noqa: E402
-from ada_vtp_kernels.triton.erank_fast import erank_fast  # noqa: E402
+from ada_vtp_kernels import spec  # noqa: E402
+from ada_vtp_kernels.kernels.erank.triton_fast import _rescale_factors  # noqa: E402
+from ada_vtp_kernels.kernels.prune.triton import _distances  # noqa: E402
 
 import peers  # noqa: E402
 from _common import RESULTS_DIR, environment  # noqa: E402
@@ -87,7 +86,7 @@ def peer_call(method: str, features: torch.Tensor, scores: torch.Tensor, relevan
         return lambda: fn(features, keep)
     if method == "dpp":
         return lambda: fn(features, relevance, keep)
-    return lambda: fn(features, scores, keep, defaults.IMPORTANT_RATIO)
+    return lambda: fn(features, scores, keep, spec.DEFAULTS.important_ratio)
 
 
 def smoke() -> None:
@@ -96,18 +95,19 @@ def smoke() -> None:
     features = torch.randn(2, 80, 72, generator=gen)
     scores = torch.rand(2, 80, generator=gen)
     lengths = torch.tensor([80, 50])
-    stats = {"erank_fast": (erank_fast(features, lengths), vtp.erank(features, lengths, "fast", backend="cpu")),
-             "attention_entropy": (attention_entropy(scores, lengths),
+    stats = {"erank_fast": (vtp.erank(features, lengths, "fast", backend="triton"),
+                            vtp.erank(features, lengths, "fast", backend="cpu")),
+             "attention_entropy": (vtp.attention_entropy(scores, lengths, backend="triton"),
                                    vtp.attention_entropy(scores, lengths, backend="cpu"))}
     for name, (got, want) in stats.items():
         rel = float(((got - want).abs() / want.abs()).max())
         print(f"{name:18s} interpreter vs C++: max relative difference {rel:.2e}")
         if rel > 1e-4:
             raise SystemExit(f"{name}: the Triton kernel disagrees with the C++ op by {rel:.2e} (> 1e-4)")
-    for method in defaults.METHODS:
+    for method in spec.METHODS:
         # the fast erank ran above; the interpreted Jacobi eigensolver would double the run time
-        got = triton_prune.prune(features, scores, 16, method, lengths, erank_method="exact")[0]
-        want = torch.ops.ada_vtp.prune(features, scores, 16, method, lengths, erank_method="exact")[0]
+        got = vtp.prune(features, scores, 16, method, lengths=lengths, erank_method="exact", backend="triton").indices
+        want = vtp.prune(features, scores, 16, method, lengths=lengths, erank_method="exact", backend="cpu").indices
         same = torch.equal(got, want)
         print(f"prune {method:13s} interpreter vs C++: indices {'identical' if same else 'DIFFER'}")
         if not same and method != "vispruner":  # VisPruner's near-ties: docs/DESIGN.md
@@ -131,17 +131,17 @@ def main() -> None:
     x32 = features.float()
     lengths = torch.full((batch,), n, dtype=torch.int32, device="cuda")
     rows = []  # (case, provider, ms)
-    for method in defaults.METHODS:
+    for method in spec.METHODS:
         extra = {"relevance": relevance} if method == "dpp" else {}
         op_ms = cuda_ms(lambda m=method, e=extra: torch.ops.ada_vtp.prune(features, scores, keep, m, **e))
         rows.append((f"prune_{method}", "op", op_ms))
         if method in PEER_OF:
             rows.append((f"prune_{method}", "peer", cuda_ms(peer_call(method, x32, scores, relevance, keep), 10)))
-    scale = triton_prune._rescale_factors(features, lengths)
+    scale = _rescale_factors(features, lengths)
     rows += [
-        ("erank_fast", "op", cuda_ms(lambda: erank_fast(features))),
-        ("attention_entropy", "op", cuda_ms(lambda: attention_entropy(scores))),
-        ("distances", "op", cuda_ms(lambda: triton_prune._distances(features, lengths, scale))),
+        ("erank_fast", "op", cuda_ms(lambda: torch.ops.ada_vtp.erank(features, None, "fast"))),
+        ("attention_entropy", "op", cuda_ms(lambda: torch.ops.ada_vtp.attention_entropy(scores))),
+        ("distances", "op", cuda_ms(lambda: _distances(features, lengths, scale))),
         ("erank_svdvals_per_image", "paper", cuda_ms(
             lambda: [erank_from_singular_values(torch.linalg.svdvals(x)) for x in x32], repeats=10)),
         ("erank_svdvals_batched", "paper", cuda_ms(lambda: erank_from_singular_values(torch.linalg.svdvals(x32)),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ada_vtp_kernels import defaults, functional, ops, reference
+from ada_vtp_kernels import functional, ops, reference, spec
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "peers_real.pt"
 
@@ -29,19 +29,10 @@ TAU_MAXES = (0.1, 0.2, 0.3, 0.4, 0.6, 1.0)
 
 def supplied_by_score_order(dist: torch.Tensor, scores: torch.Tensor, keep: int, complexity: float,
                             tau_max: float) -> int:
-    """How many tokens agile's suppression pass selects (at most `keep`) before the order runs out,
-    given one image's snapped cosine distances [n, n] and scores [n]."""
-    suppressed = torch.zeros(dist.shape[0], dtype=torch.bool)
-    selected = 0
-    for rank, i in enumerate(reference.score_order(scores).tolist(), start=1):
-        if selected == keep:
-            break
-        if suppressed[i]:
-            continue
-        selected += 1
-        tau = reference.agile_threshold(rank, complexity, defaults.TAU_SCALE, tau_max)
-        suppressed |= dist[i].to(torch.float64) < tau
-    return selected
+    """How many tokens agile's suppression pass (`reference.agile_walk`) selects, at most `keep`,
+    before the order runs out, given one image's snapped cosine distances [n, n] and scores [n]."""
+    order = reference.score_order(scores).tolist()
+    return len(reference.agile_walk(dist, order, keep, complexity, spec.DEFAULTS.tau_scale, tau_max))
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -69,8 +60,8 @@ def main(argv=None) -> int:
 
     print(f"{args.golden}: {features.shape[0]} images, N={features.shape[1]}, D={features.shape[2]}, "
           f"{features.dtype}; backend={backend}")
-    print(f"defaults: ERANK_REF={defaults.ERANK_REF}, ENTROPY_REF={defaults.ENTROPY_REF}, "
-          f"TAU_SCALE={defaults.TAU_SCALE}, TAU_MAX={defaults.TAU_MAX}\n")
+    print(f"defaults: ERANK_REF={spec.DEFAULTS.erank_ref}, ENTROPY_REF={spec.DEFAULTS.entropy_ref}, "
+          f"TAU_SCALE={spec.DEFAULTS.tau_scale}, TAU_MAX={spec.DEFAULTS.tau_max}\n")
 
     attention = functional.prune(features, scores, keep, "attention", backend=backend).indices
     agile = {tau: functional.prune(features, scores, keep, "agile", tau_max=tau, backend=backend).indices
@@ -82,7 +73,7 @@ def main(argv=None) -> int:
     print(f"{'image':{width}s}  erank  entropy    c | tau_max {taus}")
     supplied = {tau: [] for tau in TAU_MAXES}
     for b, name in enumerate(names):
-        c = float(eranks[b]) / defaults.ERANK_REF
+        c = float(eranks[b]) / spec.DEFAULTS.erank_ref
         dist = reference.cosine_distance(reference.rescale(features[b]))
         cells = []
         for tau in TAU_MAXES:

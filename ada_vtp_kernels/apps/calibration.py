@@ -11,25 +11,29 @@ the N = (size/14)² DINOv2 ViT-S/14 patch tokens of hidden state ``--layer`` and
 of the [CLS] attention of the block producing it (`analysis.image_statistics`), and prints
 
 - erank_ref = the mean exact erank, entropy_ref = the mean entropy (unrounded means, printed with
-  2 and 3 decimals), as the keyword arguments to pass to ``prune``;
+  2 and 3 decimals), as the keyword arguments to pass to ``prune``, and a line saying that they
+  are these means, with the standard deviation over the images;
 - the spread of each: min, median, max, with the images at the extremes;
-- the package defaults (`defaults.ERANK_REF`, `defaults.ENTROPY_REF`, measured the same way on
+- the package defaults (`spec.DEFAULTS.erank_ref`, `spec.DEFAULTS.entropy_ref`, measured the same way on
   eight photos at 336 px, layer -2) for comparison.
 
 The erank grows with the token count, so calibrate at the ``--size`` the pruner will see.  Input
-folders are read as in `ada_vtp_kernels.apps.analysis` (non-images skipped with a warning).
+folders are read as in `ada_vtp_kernels.apps.analysis` (non-images skipped with a warning).  Fewer
+than `MIN_IMAGES` images draw a warning on stderr: the mean of a few images is a poor reference
+for "a typical image".
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import defaults
+from .. import spec
 from .analysis import (
     ImageStatistics,
     add_input_arguments,
@@ -37,6 +41,8 @@ from .analysis import (
     load_images,
     run_reporting_usage_errors,
 )
+
+MIN_IMAGES = 8  # below this many images the command warns that the means are a poor reference
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,34 @@ def _spread(label: str, values: list[float], names: list[str], digits: int) -> s
             f"max {values[high]:.{digits}f} ({names[high]})")
 
 
+def _std(values: list[float], digits: int) -> str:
+    """The sample standard deviation (n - 1) of `values`, or "n/a" for a single value."""
+    return f"{statistics.stdev(values):.{digits}f}" if len(values) > 1 else "n/a (one image)"
+
+
+def few_images_warning(images: int) -> str | None:
+    """The warning for a calibration on fewer than `MIN_IMAGES` images; None from MIN_IMAGES on."""
+    if images >= MIN_IMAGES:
+        return None
+    return (f"only {images} image{'s' if images != 1 else ''}: erank_ref and entropy_ref are the mean over the "
+            f"images, and the mean of fewer than {MIN_IMAGES} is a poor reference for a typical image; "
+            f"calibrate on {MIN_IMAGES} or more images like the ones the pruner will see")
+
+
 def report(calibration: Calibration, size: int, layer: int) -> str:
     """The printed report: per-image values, the spread, the values to pass, the current defaults."""
     stats = calibration.stats
     names, eranks, entropies = stats.names, stats.erank.tolist(), stats.entropy.tolist()
     width = max(len(n) for n in names + ["image"])
-    lines = [f"{len(names)} images, {stats.features.shape[1]} tokens x {stats.features.shape[2]} "
+    count = f"{len(names)} image{'s' if len(names) != 1 else ''}"
+    lines = [f"{count}, {stats.features.shape[1]} tokens x {stats.features.shape[2]} "
              f"(DINOv2 ViT-S/14, --size {size}, --layer {layer})", "", f"{'image':{width}s}   erank  entropy"]
     lines += [f"{name:{width}s}  {e:6.2f}  {h:7.3f}" for name, e, h in zip(names, eranks, entropies)]
     lines += ["", _spread("erank  ", eranks, names, 2), _spread("entropy", entropies, names, 3), "",
+              f"erank_ref = the MEAN erank over the {count} (std {_std(eranks, 2)}), "
+              f"entropy_ref = the MEAN entropy (std {_std(entropies, 3)}):",
               f"erank_ref={calibration.erank_ref:.2f}, entropy_ref={calibration.entropy_ref:.3f}",
-              f"(current defaults: erank_ref={defaults.ERANK_REF}, entropy_ref={defaults.ENTROPY_REF}, "
+              f"(current defaults: erank_ref={spec.DEFAULTS.erank_ref}, entropy_ref={spec.DEFAULTS.entropy_ref}, "
               "measured on 8 photos at --size 336, --layer -2)"]
     return "\n".join(lines)
 
@@ -98,8 +121,12 @@ def calibrate_from_args(args: argparse.Namespace) -> Calibration:
     Raises:
         UsageError: bad input (folder, --size, --layer).
     """
-    calibration = calibrate(load_images(args), args.size, args.layer)
+    images = load_images(args)
+    calibration = calibrate(images, args.size, args.layer)
     print(report(calibration, args.size, args.layer))
+    warning = few_images_warning(len(images))
+    if warning is not None:  # after the report, where it is read
+        print(f"ada-vtp calibrate: warning: {warning}", file=sys.stderr)
     return calibration
 
 

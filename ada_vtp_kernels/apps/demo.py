@@ -5,10 +5,12 @@
 Each synthetic "image" is a 24 x 24 grid of 576 tokens (LLaVA-1.5's count) tiled by a number
 of regions: the tokens of one region share a direction plus noise, and the [CLS] attention
 favours a few salient regions.  Few regions make a simple image (low erank, low entropy), many
-a cluttered one.  For each image and method the table gives how many distinct regions the kept
-tokens cover (what diversity buys), the erank of the kept tokens (the paper's Table 1 measure)
-and the overlap with plain attention selection; then one batched call is timed against the
-pure-PyTorch reference.  Real photos through a real encoder come with `ada-vtp demo`.
+a cluttered one.  Three tables, a row per method
+and a column per image, give how many distinct regions the kept tokens cover (what diversity
+buys), the erank of the kept tokens (the paper's Table 1 measure) and the overlap with plain
+attention selection; then one batched call is timed against the pure-PyTorch reference.  Every
+line stays within `MAX_COLUMNS` columns.  Real photos through a real encoder come with
+`ada-vtp demo`.
 """
 
 import argparse
@@ -16,9 +18,10 @@ import time
 
 import torch
 
-from .. import defaults, functional, ops
+from .. import functional, ops, spec
 
 GRID = 24
+MAX_COLUMNS = 100  # no printed line is wider
 
 
 def synthetic_image(regions: int, dim: int, generator: torch.Generator
@@ -40,8 +43,18 @@ def synthetic_image(regions: int, dim: int, generator: torch.Generator
     return features, scores / scores.sum(), region
 
 
+def table(title: str, cells: dict[str, list[str]]) -> str:
+    """`title`, then a row per method (the keys) and a column per image (``img0``, ``img1``, ...)."""
+    images = len(next(iter(cells.values())))
+    width = max(7, *(len(cell) for row in cells.values() for cell in row))
+    header = f"  {'method':<13}" + "".join(f"  {f'img{b}':>{width}}" for b in range(images))
+    lines = [title, header, "  " + "-" * (len(header) - 2)]
+    lines += [f"  {method:<13}" + "".join(f"  {cell:>{width}}" for cell in row) for method, row in cells.items()]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ada_vtp_kernels.apps.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=int, default=64, help="tokens kept per image (default 64)")
     parser.add_argument("--dim", type=int, default=1024, help="feature width (default 1024, CLIP ViT-L)")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,32 +76,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"image {b}: {count} regions, attention entropy {stats.entropy[b]:.3f} nats, "
               f"erank {stats.erank[b]:.1f}")
     print()
-    header = f"{'method':<13}" + "".join(f"  img{b}: regions  erank  att-overlap" for b in range(len(images)))
-    print(header)
-    print("-" * len(header))
-    for method in defaults.METHODS:
+    covered, kept_eranks, overlaps = {}, {}, {}  # method -> one cell per image
+    for method in spec.METHODS:
         result = functional.prune(features, scores, args.keep, method, backend=backend)
         kept_erank = functional.erank(functional.gather(features, result.indices), backend=backend)
-        row = f"{method:<13}"
-        for b in range(len(images)):
-            covered = regions[b, result.indices[b]].unique().numel()
-            overlap = len(set(result.indices[b].tolist()) & set(attention_idx[b].tolist()))
-            row += f"  {covered:>12}/{region_counts[b]:<3} {kept_erank[b]:6.1f}  {overlap:>7}/{args.keep}"
-        print(row)
+        covered[method] = [f"{regions[b, result.indices[b]].unique().numel()}/{count}"
+                           for b, count in enumerate(region_counts)]
+        kept_eranks[method] = [f"{kept_erank[b]:.1f}" for b in range(len(images))]
+        overlaps[method] = [f"{len(set(result.indices[b].tolist()) & set(attention_idx[b].tolist()))}/{args.keep}"
+                            for b in range(len(images))]
+    print(table(f"regions covered by the {args.keep} kept tokens (of the image's regions)", covered))
+    print(table(f"erank of the {args.keep} kept tokens", kept_eranks))
+    print(table(f"kept tokens that attention selection (FasterVLM) also keeps, of {args.keep}", overlaps))
 
-    print("\none batched call per method (4 images), median of 5:")
-    for method in defaults.METHODS:
+    print(f"one batched call per method ({len(images)} images), median of 5:")
+    for method in spec.METHODS:
         timings = {}
-        for name in (backend, "reference"):
+        for name in dict.fromkeys((backend, "reference")):
             runs = []
-            for _ in range(5 if name != "reference" else 1):
+            for _ in range(5 if name == backend else 1):  # the reference, when compared: once
                 start = time.perf_counter()
                 functional.prune(features, scores, args.keep, method, backend=name)
                 runs.append(time.perf_counter() - start)
             timings[name] = sorted(runs)[len(runs) // 2] * 1e3
-        line = f"  {method:<13} {backend} {timings[backend]:8.2f} ms   reference {timings['reference']:8.1f} ms"
+        line = f"  {method:<13} {backend} {timings[backend]:8.2f} ms"
         if backend != "reference":
-            line += f"   ({timings['reference'] / timings[backend]:.0f}x)"
+            line += f"   reference {timings['reference']:8.1f} ms   ({timings['reference'] / timings[backend]:.0f}x)"
         print(line)
 
 

@@ -19,8 +19,11 @@ photographs, from a plain background to a cluttered scene):
   That count is not an output of the op: `agile_order_picks` repeats the reference walk
   (`reference.select_agile` without its fill) on the same distances, and its picks are a subset
   of the op's selection (tests/test_photo_demo.py checks it);
-- one PNG per photo in --out: the photo as the encoder saw it, its [CLS] attention, and the kept
-  tokens of each method (a row per K), pruned patches dimmed, kept ones outlined.
+- warnings (stderr) for the photos the encoder's input changes more than a downscale would:
+  upscaled (a side below --size) or squeezed to a square (not square; nothing is cropped);
+- one PNG per photo in --out (default ./ada-vtp-demo/): the photo as the encoder saw it, its [CLS]
+  attention with a colour bar, a legend (from three K on), and the kept tokens of each method
+  (a row per K), pruned patches dimmed, kept ones outlined (`figures.save_pruning_grid`).
 
 Every method runs as one batched `prune` call over all the photos per K.  Everything is
 deterministic (the fast erank uses fixed probes): a second run prints the same numbers.
@@ -40,44 +43,55 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import defaults, functional, reference
+from .. import functional, reference, spec
 from .encoders import dinov2
+from .params import add_prune_arguments, prune_params
 
 DEFAULT_PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket", "moon")
 DEFAULT_KEEP = (32, 64, 128)
-DEFAULT_OUT = "ada_vtp_demo"
+DEFAULT_OUT = "ada-vtp-demo"  # the same style as analysis.DEFAULT_OUT; both are in .gitignore
+DESCRIPTION = ("Prune real photos with every method: one table per photo (entropy, erank, kept-token erank) "
+               "and one PNG grid per photo.")
 SCHEDULE_RANKS = (1, 2, 3, 5, 10)  # ranks whose tau_r the table prints
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options, on `parser` (the ``ada-vtp demo`` subparser)."""
     parser.add_argument("images", nargs="*", metavar="IMAGE",
-                        help="image files (default: scikit-image sample photos, see --photos)")
+                        help="image files (default: scikit-image sample photos, see --photos); "
+                             "for a folder of images use: ada-vtp analyze --images DIR")
     parser.add_argument("--photos", nargs="+", metavar="NAME",
                         help=f"skimage.data photos to add (default without IMAGE: {' '.join(DEFAULT_PHOTOS)}; "
                              f"any of {' '.join(dinov2.PHOTO_NAMES)})")
     parser.add_argument("--keep", nargs="+", type=int, default=list(DEFAULT_KEEP), metavar="K",
                         help="tokens kept per image, one figure row each (default 32 64 128)")
-    parser.add_argument("--methods", nargs="+", choices=defaults.METHODS, default=list(defaults.METHODS),
-                        metavar="METHOD", help=f"methods to compare (default all: {' '.join(defaults.METHODS)})")
+    parser.add_argument("--methods", nargs="+", choices=spec.METHODS, default=list(spec.METHODS),
+                        metavar="METHOD", help=f"methods to compare (default all: {' '.join(spec.METHODS)})")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the PNGs (default ./{DEFAULT_OUT})")
     parser.add_argument("--size", type=int, default=336,
                         help="encoder input side in pixels, a multiple of 14 (default 336: 24 x 24 = 576 patches)")
     parser.add_argument("--layer", type=int, default=-2,
                         help="DINOv2 hidden_states index of the features and the [CLS] attention (default -2)")
+    add_prune_arguments(parser)
 
 
 def load_images(paths: Sequence[str | os.PathLike], photos: Sequence[str]) -> list[tuple[str, np.ndarray]]:
     """(name, [H, W, 3] uint8 RGB) of each image file, then of each skimage.data photo.
 
     Raises:
+        IsADirectoryError: a folder (the message points to ``ada-vtp analyze --images``).
         FileNotFoundError: a path that is not a file.
-        ValueError: a file Pillow cannot read, or a name that is not a skimage.data image.
+        ValueError: a file Pillow cannot read, or a name that is not a skimage.data image
+            (``--photos: ...``, listing the sample photos).
     """
     from PIL import Image, UnidentifiedImageError
 
     images = []
     for path in paths:
+        if Path(path).is_dir():
+            raise IsADirectoryError(
+                f"{os.fspath(path)!r} is a folder; ada-vtp demo takes image files (ada-vtp demo photo1.jpg "
+                f"photo2.png); for a folder of images use: ada-vtp analyze --images {os.fspath(path)}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {os.fspath(path)!r} does not exist (or is not a file)")
         try:
@@ -85,7 +99,10 @@ def load_images(paths: Sequence[str | os.PathLike], photos: Sequence[str]) -> li
                 images.append((Path(path).stem, np.asarray(opened.convert("RGB"))))
         except UnidentifiedImageError as exc:
             raise ValueError(f"image {os.fspath(path)!r} is not an image file Pillow can read") from exc
-    return images + dinov2.sample_photos(photos)
+    try:
+        return images + dinov2.sample_photos(photos)
+    except ValueError as exc:
+        raise ValueError(f"--photos: {exc}") from exc
 
 
 def check_settings(keep: Sequence[int], size: int) -> int:
@@ -103,57 +120,49 @@ def check_settings(keep: Sequence[int], size: int) -> int:
     return tokens
 
 
-def agile_order_picks(features: torch.Tensor, scores: torch.Tensor, keep: int, complexity: float) -> list[int]:
-    """The tokens AgilePruner takes from the score order before its max-min fill, in pick order.
-
-    The walk of `reference.select_agile` without the fill: visit tokens by descending score
-    (rank r = 1, 2, ...); a token not yet suppressed is picked and suppresses every token within
-    cosine distance tau_r = min(r * c * tau_scale, tau_max) (defaults); stop at `keep` picks or
-    when the order runs out.  Fewer than `keep` picks means the fill chose the rest.
+def agile_order_picks(features: torch.Tensor, scores: torch.Tensor, keep: int, complexity: float,
+                      params: spec.PruneParams) -> list[int]:
+    """The tokens AgilePruner takes from the score order before its max-min fill, in pick order
+    (`reference.agile_walk`): fewer than `keep` picks means the fill chose the rest.
 
     Args:
         features: [N, D] one image's tokens.
         scores: [N] their scores.
         keep: K.
         complexity: c = erank / erank_ref, as `prune` computed it.
+        params: tau_scale and tau_max.
 
     Returns:
         At most `keep` token indices.
     """
-    dist = reference.cosine_distance(reference.rescale(features)).to(torch.float64)
-    suppressed = torch.zeros(features.shape[0], dtype=torch.bool)
-    picks: list[int] = []
-    for rank, i in enumerate(reference.score_order(scores).tolist(), start=1):
-        if len(picks) == keep:
-            break
-        if suppressed[i]:
-            continue
-        picks.append(i)
-        suppressed |= dist[i] < reference.agile_threshold(rank, complexity, defaults.TAU_SCALE, defaults.TAU_MAX)
-    return picks
+    dist = reference.cosine_distance(reference.rescale(features))
+    order = reference.score_order(scores).tolist()
+    return reference.agile_walk(dist, order, keep, complexity, params.tau_scale, params.tau_max)
 
 
 def demo(
     images: Sequence[tuple[str, np.ndarray]],
     keep: Sequence[int] = DEFAULT_KEEP,
-    methods: Sequence[str] = defaults.METHODS,
+    methods: Sequence[str] = tuple(spec.METHODS),
     out: str | os.PathLike = DEFAULT_OUT,
     size: int = 336,
     layer: int = -2,
     model: Any = None,
     progress: bool = True,
+    params: dict | None = None,
 ) -> dict[str, Any]:
     """Encodes `images`, prunes them with every method and K, prints the tables, writes the PNGs.
 
     Args:
         images: (name, [H, W, 3] uint8) pairs, e.g. from `load_images`.
         keep: the K values, each in [1, N], N = (size / 14)**2.
-        methods: names from `defaults.METHODS`.
+        methods: names from `spec.METHODS`.
         out: folder of the PNGs (created), one ``<name>.png`` per image.
         size: encoder input side in pixels, a multiple of 14.
         layer: DINOv2 hidden_states index (features and [CLS] attention).
         model: a loaded `dinov2.load_dinov2()` model (default: load it).
         progress: show the encoder's progress bar.
+        params: method parameters for every `prune` call (`spec.PruneParams` fields; default: the spec's).
 
     Returns:
         ``{"settings": {...}, "images": [per image: name, shape, entropy, erank_exact, erank_fast,
@@ -163,14 +172,18 @@ def demo(
     """
     start = time.perf_counter()
     tokens = check_settings(keep, size)
-    unknown = [m for m in methods if m not in defaults.METHODS]
+    unknown = [m for m in methods if m not in spec.METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; expected some of {defaults.METHODS}")
+        raise ValueError(f"unknown method(s) {unknown}; expected some of {list(spec.METHODS)}")
+    params = dict(params or {})
+    agile = spec.PruneParams.of("agile", **params)
     if not images:
         raise ValueError("no images; pass image files or --photos names")
     from . import figures
     from .encoders import encode, load_dinov2
 
+    for note in dinov2.resize_notes(images, size):
+        print(f"warning: {note}", file=sys.stderr)
     seconds = {}
     model = load_dinov2() if model is None else model
     seconds["load"] = time.perf_counter() - start
@@ -186,7 +199,7 @@ def demo(
     kept = {}  # (method, K) -> (indices [B, K], kept-token erank [B])
     for method in methods:
         for k in keep:
-            indices = functional.prune(features, scores, k, method).indices
+            indices = functional.prune(features, scores, k, method, **params).indices
             kept[method, k] = indices, functional.erank(functional.gather(features, indices), method="exact")
     attention_kept = {k: functional.prune(features, scores, k, "attention").indices for k in keep}
     seconds["prune"] = time.perf_counter() - prune_start
@@ -197,7 +210,7 @@ def demo(
     results = []
     names_used: set[str] = set()
     for b, (name, image) in enumerate(images):
-        complexity = float(erank_fast[b]) / defaults.ERANK_REF
+        complexity = float(erank_fast[b]) / agile.erank_ref
         per_method = {
             method: {
                 k: {
@@ -218,11 +231,11 @@ def demo(
             "erank_fast": float(erank_fast[b]),
             "agile": {
                 "complexity": complexity,
-                "tau": {r: reference.agile_threshold(r, complexity, defaults.TAU_SCALE, defaults.TAU_MAX)
+                "tau": {r: reference.agile_threshold(r, complexity, agile.tau_scale, agile.tau_max)
                         for r in SCHEDULE_RANKS},
-                "tau_max_rank": math.ceil(defaults.TAU_MAX / (complexity * defaults.TAU_SCALE))
-                if complexity > 0 else None,
-                "order_picks": {k: agile_order_picks(features[b], scores[b], k, complexity) for k in keep},
+                "tau_max_rank": math.ceil(agile.tau_max / (complexity * agile.tau_scale))
+                if complexity > 0 and agile.tau_scale > 0 else None,
+                "order_picks": {k: agile_order_picks(features[b], scores[b], k, complexity, agile) for k in keep},
             },
             "methods": per_method,
         }
@@ -242,6 +255,7 @@ def demo(
                   f"kept patches outlined",
             photo_title=f"{name} ({image.shape[1]}x{image.shape[0]} -> {size} px)",
             attention_title=f"[CLS] attention, {grid}x{grid} (sqrt scale)",
+            notes=[f"rows: K = {', '.join(map(str, keep))}", f"  tokens kept of {tokens}"],
         )
         results.append(record)
     seconds["total"] = time.perf_counter() - start
@@ -264,8 +278,9 @@ def image_table(record: dict[str, Any], keep: Sequence[int], methods: Sequence[s
     lines = [
         f"\n{record['name']} ({width}x{height}, {tokens} patches): attention entropy {record['entropy']:.3f} nats, "
         f"erank {record['erank_exact']:.1f} exact / {record['erank_fast']:.1f} fast",
-        f"  agile: c = erank/{defaults.ERANK_REF:g} = {agile['complexity']:.3f}, tau_r = min(r*c*{defaults.TAU_SCALE:g}"
-        f", {defaults.TAU_MAX:g}): " + ", ".join(f"tau_{r} {t:.3f}" for r, t in agile["tau"].items())
+        f"  agile: c = erank/{spec.DEFAULTS.erank_ref:g} = {agile['complexity']:.3f}, "
+        f"tau_r = min(r*c*{spec.DEFAULTS.tau_scale:g}, {spec.DEFAULTS.tau_max:g}): "
+        + ", ".join(f"tau_{r} {t:.3f}" for r, t in agile["tau"].items())
         + (f", tau_max from r = {agile['tau_max_rank']}" if agile["tau_max_rank"] is not None else ""),
         "  agile: tokens from the score order before the max-min fill: "
         + ", ".join(f"{len(agile['order_picks'][k])}/{k}" for k in keep),
@@ -287,8 +302,8 @@ def run(args: argparse.Namespace) -> int:
     photos = args.photos if args.photos is not None else ([] if args.images else list(DEFAULT_PHOTOS))
     try:
         images = load_images(args.images, photos)
-        results = demo(images, args.keep, args.methods, args.out, args.size, args.layer)
-    except (FileNotFoundError, ValueError) as exc:
+        results = demo(images, args.keep, args.methods, args.out, args.size, args.layer, params=prune_params(args))
+    except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
         print(f"ada-vtp demo: error: {exc}", file=sys.stderr)
         return 2
     seconds = results["seconds"]
@@ -300,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ada_vtp_kernels.apps.photo_demo [...]``: the demo without the ``ada-vtp`` front end."""
-    parser = argparse.ArgumentParser(prog="ada-vtp demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ada-vtp demo", description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -5,12 +5,12 @@
     >>> out = model.generate(**processor(images=image, text=prompt, return_tensors="pt"))
     >>> remove_ada_vtp(model)                             # the original forward and generate again
 
-Supported (model class -> the module that patches it, each documenting its choices):
-``LlavaForConditionalGeneration`` (LLaVA-1.5) -> `llava`; ``LlavaNextForConditionalGeneration``
-(LLaVA-NeXT) -> `llava_next`; ``Qwen2_5_VLForConditionalGeneration`` -> `qwen2_5_vl`.  Each module
-has ``apply(model, settings)`` and ``remove(model)``.  For the original LLaVA code base
-(haotian-liu/LLaVA), `prune_image_features` is a function-level hook (README shows the lines to
-change in ``encode_images``).
+Supported (``config.model_type`` -> the module that patches it, each documenting its choices):
+``"llava"`` (LLaVA-1.5, ``LlavaForConditionalGeneration``) -> `llava`; ``"llava_next"``
+(``LlavaNextForConditionalGeneration``) -> `llava_next`; ``"qwen2_5_vl"``
+(``Qwen2_5_VLForConditionalGeneration``) -> `qwen2_5_vl`.  Each module has ``apply(model, settings)``
+and ``remove(model)``.  For the original LLaVA code base (haotian-liu/LLaVA), `prune_image_features`
+is a function-level hook (README shows the lines to change in ``encode_images``).
 """
 
 import importlib
@@ -18,33 +18,37 @@ import importlib
 import torch
 from torch import nn
 
-from .. import functional
-from ..reference import PruneResult
+from .. import functional, spec
 from ._common import Settings
 
-_MODULES = {
-    "LlavaForConditionalGeneration": "llava",
-    "LlavaNextForConditionalGeneration": "llava_next",
-    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
-}
+# config.model_type -> the module that patches it
+_MODULES = {"llava": "llava", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}
 
 
 def _patcher(model: nn.Module):
-    name = _MODULES.get(type(model).__name__)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    name = _MODULES.get(model_type)
     if name is None:
-        raise TypeError(f"ada_vtp does not support {type(model).__name__}; supported: {', '.join(_MODULES)}")
+        raise TypeError(f"ada_vtp does not support {type(model).__name__} (config.model_type {model_type!r}); "
+                        f"supported model types: {', '.join(_MODULES)}")
+    if not hasattr(model, "generate"):
+        raise TypeError(f"ada_vtp patches the generating model ({type(model).__name__} has no generate): pass the "
+                        "*ForConditionalGeneration model")
     return importlib.import_module(f".{name}", __package__)
 
 
-def apply_ada_vtp(model: nn.Module, keep: int, method: str = "agile", **prune_kwargs) -> nn.Module:
+def apply_ada_vtp(model: nn.Module, keep: int, method: str = spec.DEFAULTS.method, *, backend: str = "auto",
+                  **params) -> nn.Module:
     """Patch ``model`` (in place) so that its ``forward`` and ``generate`` run the language model on
-    ``keep`` visual tokens per image, selected by ``method``.
+    ``keep`` visual tokens per image, selected by ``method``.  K, the method, its parameters and the
+    backend are validated here, before any call.
 
     Args:
         model: a supported transformers model (see the module docstring).
         keep: K, tokens kept per image, 1 <= K <= the image's token count.
-        method: any `ada_vtp_kernels.functional.prune` method.
-        **prune_kwargs: the other keywords of `functional.prune` (tau_max, erank_ref, backend, ...).
+        method: a method of `ada_vtp_kernels.spec.METHODS`.
+        backend: as `functional.prune`'s.
+        **params: the method parameters (`spec.PruneParams`: tau_max, erank_ref, ...).
 
     Returns:
         ``model`` itself.  `last_prune_result` gives the latest selection (indices, erank, entropy).
@@ -52,9 +56,12 @@ def apply_ada_vtp(model: nn.Module, keep: int, method: str = "agile", **prune_kw
     module = _patcher(model)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ValueError(f"keep = {keep!r}; expected an int >= 1")
+    if backend not in functional.BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(map(repr, functional.BACKENDS))}")
+    settings = Settings(keep, spec.PruneParams.of(method, **params), backend)
     if hasattr(model, "_ada_vtp"):
         raise RuntimeError("apply_ada_vtp was already applied to this model; call remove_ada_vtp first")
-    module.apply(model, Settings(keep, method, prune_kwargs))
+    module.apply(model, settings)
     return model
 
 
@@ -67,13 +74,13 @@ def remove_ada_vtp(model: nn.Module) -> nn.Module:
     return model
 
 
-def last_prune_result(model: nn.Module) -> PruneResult | None:
+def last_prune_result(model: nn.Module) -> spec.PruneResult | None:
     """The selection of the patched model's latest call with images (indices [I, K] per image)."""
     return getattr(model, "_ada_vtp_last", None)
 
 
 def prune_image_features(image_features: torch.Tensor, cls_attention: torch.Tensor, keep: int,
-                         method: str = "agile", **prune_kwargs) -> tuple[torch.Tensor, PruneResult]:
+                         method: str = spec.DEFAULTS.method, **prune_kwargs) -> tuple[torch.Tensor, spec.PruneResult]:
     """Function-level hook for LLaVA-style code: keep K of each image's visual tokens.
 
     Args:

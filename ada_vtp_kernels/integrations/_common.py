@@ -8,19 +8,28 @@ would materialise every [T, T] attention map of every block and head to expose o
 
 import functools
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .. import functional, spec
+
 
 @dataclass(frozen=True)
 class Settings:
-    """What `apply_ada_vtp` was called with: K, the method and the other `functional.prune` keywords."""
+    """What `apply_ada_vtp` was called with, validated: K, the method and its parameters, the backend."""
 
     keep: int
-    method: str
-    prune_kwargs: dict = field(default_factory=dict)
+    params: spec.PruneParams
+    backend: str = "auto"
+
+    def prune(self, features: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor | None = None
+              ) -> spec.PruneResult:
+        """`functional.prune` of the vision features with these settings (the selection is not
+        differentiable: it reads detached features, and the kept features keep their gradient)."""
+        return functional.prune(features.detach(), scores.detach(), self.keep, self.params.method, lengths=lengths,
+                                backend=self.backend, **self.params.as_dict())
 
 
 def _attention_of(block: nn.Module) -> tuple[nn.Module, nn.Module]:

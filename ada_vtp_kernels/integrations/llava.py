@@ -66,9 +66,7 @@ def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict) -> l
     settings = model._ada_vtp
     inner = model.model
     features, scores = vision_features_and_scores(inner.vision_tower, pixel_values, feature_layer(model.config, kwargs))
-    # the selection is not differentiable; the kept features keep their gradient (training)
-    result = functional.prune(features.detach(), scores.detach(), settings.keep, settings.method,
-                              **settings.prune_kwargs)
+    result = settings.prune(features, scores)
     kept = functional.gather(features, result.indices)
     model._ada_vtp_last = result
     return list(inner.multi_modal_projector(kept))

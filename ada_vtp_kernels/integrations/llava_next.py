@@ -155,8 +155,7 @@ def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict
     pool_features = features.flatten(0, 1)[index]  # [I, max N_i, C]
     pool_scores = scores.flatten()[index]
     # the selection is not differentiable; the kept features keep their gradient (training)
-    result = functional.prune(pool_features.detach(), pool_scores.detach(), settings.keep, settings.method,
-                              lengths=torch.tensor(lengths, device=features.device), **settings.prune_kwargs)
+    result = settings.prune(pool_features, pool_scores, torch.tensor(lengths, device=features.device))
     kept = inner.multi_modal_projector(functional.gather(pool_features, result.indices))  # [I, K, D]
     model._ada_vtp_last = result
     sequences = [with_newlines(kept[i], result.indices[i], layout, base_tokens, inner.image_newline)

@@ -162,8 +162,7 @@ def _pruned_image_features(model, pixel_values: torch.Tensor, grid_thw: torch.Te
     features, scores = image_features_and_scores(model.model, pixel_values, grid_thw)
     padded = _pad(features)
     # the selection is not differentiable; the kept features keep their gradient (training)
-    result = functional.prune(padded.detach(), _pad(scores), settings.keep, settings.method,
-                              lengths=lengths.to(padded.device), **settings.prune_kwargs)
+    result = settings.prune(padded, _pad(scores), lengths.to(padded.device))
     model._ada_vtp_last = result
     return list(functional.gather(padded, result.indices)), result.indices
 

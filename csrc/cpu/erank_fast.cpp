@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "../spec.h"
 #include "blas.h"
 #include "image.h"
 
@@ -15,13 +16,13 @@ namespace ada_vtp::cpu {
 namespace {
 
 // defaults.FAST_ERANK_*, reference.ORTH_DROP
-constexpr int64_t kBlock = 64;
-constexpr int64_t kLargeBlock = 128;
-constexpr int64_t kLargeAbove = 768;
-constexpr int kPowerSteps = 2;
-constexpr int64_t kProbes = 8;
-constexpr int64_t kSteps = 8;
-constexpr double kOrthDrop = 1e-5;
+constexpr int64_t kBlock = spec::kFastErankBlock;
+constexpr int64_t kLargeBlock = spec::kFastErankLargeBlock;
+constexpr int64_t kLargeAbove = spec::kFastErankLargeAbove;
+constexpr int64_t kPowerSteps = spec::kFastErankPowerSteps;
+constexpr int64_t kProbes = spec::kFastErankProbes;
+constexpr int64_t kSteps = spec::kFastErankLanczosSteps;
+constexpr double kOrthDrop = spec::kFastErankOrthDrop;
 
 uint32_t lowbias32(uint32_t x) {
   x ^= x >> 16;
@@ -209,7 +210,7 @@ double erank_fast_one(const at::Tensor& xs) {
   if (m <= kBlock) return erank_one(xs);
   const int64_t block = m > kLargeAbove ? kLargeBlock : kBlock;  // reference.fast_erank_block
   auto q = probe_rows(m, block, 0);
-  for (int step = 0; step < kPowerSteps; ++step) {
+  for (int64_t step = 0; step < kPowerSteps; ++step) {
     auto u = apply_a(q).contiguous();
     orthonormalize_rows(u);
     q = apply_at(u).contiguous();

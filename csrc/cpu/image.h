@@ -1,5 +1,5 @@
 // One image's valid tokens on the CPU: rescaling, statistics and the snapped cosine distances
-// that every selection method reads (conventions: ada_vtp_kernels/reference.py docstring).
+// that every selection method reads (conventions: ada_vtp_kernels/kernels/prune/reference.py docstring).
 #pragma once
 
 #include <cstdint>
@@ -9,11 +9,11 @@
 
 namespace ada_vtp::cpu {
 
-// [n, D] any float -> [n, D] fp32 in a buffer of its own (reference.rescale): as given, or, when
-// max|x| (amax, from check_finite_features) is outside [2^-56, 2^56], times the power of two
+// [n, D] any float, finite -> [n, D] fp32 in a buffer of its own (reference.rescale): as given, or,
+// when max|x| is outside [2^-56, 2^56], times the power of two
 // that brings it into [0.5, 1), so that no square overflows or underflows.  Always a fresh
 // buffer: the matrix products' rounding must not depend on where the image sits in the batch.
-at::Tensor rescale(const at::Tensor& x, double amax);
+at::Tensor rescale(const at::Tensor& x);
 
 // Attention entropy (nats) of one image's valid scores [n]; all-zero scores count as uniform.
 // Summed in index order in fp64, so that no thread count changes a bit.

@@ -5,11 +5,13 @@
 #include <limits>
 #include <numeric>
 
+#include "../spec.h"
+
 namespace ada_vtp::cpu {
 namespace {
 
-constexpr double kDppStop = 1e-6;
-constexpr int64_t kVisPrunerRound = 8;
+constexpr double kDppStop = spec::kDppStop;
+constexpr int64_t kVisPrunerRound = spec::kVisprunerRound;
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 
 }  // namespace
@@ -117,8 +119,7 @@ std::vector<int64_t> select_dpp(Distances& dist, const float* relevance, int64_t
 }
 
 std::vector<int64_t> select_vispruner(Distances& dist, const std::vector<int64_t>& order, int64_t k,
-                                      double important_ratio) {
-  const int64_t k_imp = static_cast<int64_t>(std::floor(static_cast<double>(k) * important_ratio));
+                                      int64_t k_imp) {
   const int64_t target = k - k_imp;
   std::vector<int64_t> selected(order.begin(), order.begin() + k_imp);
   std::vector<int64_t> rest(order.begin() + k_imp, order.end());

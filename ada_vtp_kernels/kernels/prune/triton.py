@@ -1,7 +1,7 @@
-"""The fused prune on the GPU: statistics, snapped cosine distances and every selection method,
-batched, with no host synchronisation after the argument checks.
+"""The selection stage on the GPU: snapped cosine distances and the five selection kernels,
+batched, with no host synchronisation (ops.prune_forward runs the statistics before it).
 
-Math (docs/DESIGN.md; `reference.prune_one` is the specification).  Per image b with n_b valid
+Math (docs/DESIGN.md; kernels/prune/reference.py is the specification).  Per image b with n_b valid
 rows X (after `reference.rescale`'s power-of-two factor):
 
     norms      ‖x_i‖ in fp32;  G = X Xᵀ in fp32 (tensor cores for fp16/bf16 features: their
@@ -25,18 +25,15 @@ scatter in torch, the selection kernel, the final sort.  Every tie goes to the l
 `tl.argmax`/`tl.argmin` return the first of equal values, torch's stable sort keeps index order.
 """
 
-import math
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .. import _validation, defaults
-from ..reference import default_params, mix_attention_count, needs_erank
-from ._device import INTERPRETED, NO_FMA, check_device, device_lengths
-from .entropy import _attention_entropy_fwd
-from .erank_fast import _erank_fast_fwd, _load_rescaled, _rescale_factors
+from ... import spec
+from ..erank.triton_fast import _load_rescaled, _rescale_factors
+from ..triton_device import INTERPRETED, NO_FMA, check_device
 
 
 class Tiles(NamedTuple):
@@ -60,7 +57,7 @@ SELECT_WARPS = 8
 # the largest int32: "no rank" for tokens a selection loop may not take
 NO_RANK = tl.constexpr(2**31 - 1)
 
-# method -> the selection kernel's MODE
+# spec.Selection.MAXMIN / AGILE -> the diverse kernel's MODE
 MODE_MAXMIN, MODE_AGILE = 0, 1
 
 
@@ -292,20 +289,20 @@ def _ordered_key(s, q, BLOCK_N: tl.constexpr):
 @triton.jit
 def _select_vispruner_kernel(
     dist_ptr,  # [B, N, N] fp32
-    order_ptr,  # [B, N] int64: the descending score order
+    order_ptr,  # [B, N] int64: the visit order
+    count_ptr,  # [B] int32: tokens taken from the order first, floor(K * important_ratio)
     rest_ptr,  # [B, 2, N] int32 scratch: the remaining tokens, two buffers used in turn
     key_ptr,  # [B, N] int64 scratch: the sort keys of A
     lengths_ptr,  # [B] int32
     out_ptr,  # [B, K] int64 out
     N, K,
-    K_IMP,  # floor(K * important_ratio)
     ROUND: tl.constexpr,  # at most this many dropped per round (8)
     BLOCK_N: tl.constexpr,  # power of two >= N
     BLOCK_A: tl.constexpr,  # members of A per tile
     BLOCK_B: tl.constexpr,  # members of B per tile
 ):
-    """VisPruner (reference.select_vispruner): the K_IMP highest scores, then the rest, in score
-    order, deduplicated in rounds: A = R[0::2], B = R[1::2], s_a = max_b S(a, b); the r members
+    """VisPruner (reference.select_vispruner): the first K_IMP tokens of the order, then the rest,
+    in order, deduplicated in rounds: A = R[0::2], B = R[1::2], s_a = max_b S(a, b); the r members
     of A with the largest s_a are dropped; R = (the rest of A by descending s_a, stable) + B.
     The stable order is a rank count over unique keys (s_a, then position): each a lands at the
     number of keys above its own."""
@@ -315,6 +312,7 @@ def _select_vispruner_kernel(
     rest = rest_ptr + b * 2 * N
     key_img = key_ptr + b * N
     out = out_ptr + b * K
+    K_IMP = tl.load(count_ptr + b)
     target = K - K_IMP
     offs = tl.arange(0, BLOCK_N)
     important = tl.load(order_ptr + b * N + offs, mask=offs < K_IMP)
@@ -371,15 +369,11 @@ def _device_scalars(device: torch.device, *values: float) -> torch.Tensor:
     return torch.stack([torch.full((), v, dtype=torch.float64, device=device) for v in values])
 
 
-def _score_order(values: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order [B, N] int64, rank [B, N] int32) of `values` [B, N] descending, stable
-    (reference.score_order); the padding after each length goes last."""
-    batch, n = values.shape
-    positions = torch.arange(n, device=values.device)
-    keyed = torch.where(positions[None, :] < lengths[:, None], values.to(torch.float32), -torch.inf)
-    order = torch.sort(keyed, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, positions.expand(batch, n))
-    return order, rank.to(torch.int32)
+def _rank(order: torch.Tensor) -> torch.Tensor:
+    """[B, N] int32: each token's position in `order` (the inverse permutation)."""
+    batch, n = order.shape
+    positions = torch.arange(n, device=order.device).expand(batch, n)
+    return torch.empty_like(order).scatter_(1, order, positions).to(torch.int32)
 
 
 def _distances(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -394,176 +388,61 @@ def _distances(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Tenso
     grid = (batch, triton.cdiv(n, TILES.dist), triton.cdiv(n, TILES.dist))
     _distance_kernel[grid](
         features, *features.stride(), lengths, scale, norms, dist, n, dim,
-        NORM_EPS=defaults.NORM_EPS, SNAP=defaults.DISTANCE_SNAP,
+        NORM_EPS=spec.NORM_EPS, SNAP=spec.DISTANCE_SNAP,
         NATIVE_DOT=not INTERPRETED and features.dtype != torch.float32,
         BLOCK_I=TILES.dist, BLOCK_J=TILES.dist, BLOCK_D=TILES.dist_d, num_warps=DIST_WARPS, **NO_FMA,
     )
     return dist
 
 
-def _erank_exact(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """[B] fp64 exact erank (reference.erank_one) of every image at once: the padding rows are
-    zeroed, which adds only zero eigenvalues, and the smaller side of [N, D] decides the Gram.
-    torch's fp64 eigvalsh synchronises with the host on CUDA (cuSOLVER's error check)."""
-    batch, n, dim = features.shape
-    valid = torch.arange(n, device=features.device)[None, :, None] < lengths[:, None, None]
-    x = (features.to(torch.float64) * scale[:, None, None]).to(torch.float32).to(torch.float64)
-    x = torch.where(valid, x, 0.0)
-    gram = x @ x.transpose(1, 2) if n <= dim else x.transpose(1, 2) @ x
-    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
-    total = sigma.sum(dim=1, keepdim=True)
-    q = sigma / torch.where(total > 0, total, 1.0)
-    return torch.where(total[:, 0] > 0, torch.exp(-torch.xlogy(q, q).sum(dim=1)), 0.0)
+def select(features: torch.Tensor, order: torch.Tensor, lengths: torch.Tensor, attention_count: torch.Tensor,
+           complexity: torch.Tensor, relevance: torch.Tensor | None, keep: int, selection: spec.Selection,
+           tau_scale: float, tau_max: float) -> torch.Tensor:
+    """[B, K] int64 ascending: the selection of every image (ops.Stages.select), no host
+    synchronisation.
 
-
-def _erank_fwd(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Tensor, method: str) -> torch.Tensor:
-    """[B] fp64 erank of validated features (lengths [B] int32 on their device, scale [B] fp64 their
-    `_rescale_factors`)."""
-    if method == "fast":
-        return _erank_fast_fwd(features, lengths, scale, out_dtype=torch.float64)
-    return _erank_exact(features, lengths, scale)
-
-
-def _check_prune_inputs(features, scores, keep, lengths, relevance, params: dict) -> None:
-    """The argument checks of `_validation.check_prune_inputs`.  While a CUDA graph is being
-    captured, the checks that read values (lengths in range, keep <= every length, finite features,
-    finite non-negative scores) become device-side assertions (`assert_on_device`), which need no
-    host synchronisation: a bad value then fails the graph's replay with a device assert."""
-    if not (features.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        _validation.check_prune_inputs(features, scores, keep, lengths, relevance, params)
-        return
-    _validation.check_prune_metadata(features, scores, keep, lengths, relevance, params)
-    assert_on_device(features, scores, keep, lengths, relevance)
-
-
-def assert_on_device(features, scores, keep: int, lengths, relevance) -> None:
-    """Device-side checks of the values `prune` reads, without host synchronisation: every length
-    in [1, N], keep <= every length, finite features and finite non-negative scores (and
-    relevance) on the valid tokens.  The shapes, dtypes and devices must be checked already.  On
-    CPU tensors a failure raises at once; on CUDA it is a device assert at the next
-    synchronisation (or graph replay)."""
-    batch, n, _ = features.shape
-    len_dev = device_lengths(lengths, batch, n, features.device)
-    torch._assert_async(((len_dev >= 1) & (len_dev <= n)).all(), f"ada_vtp.prune: lengths outside [1, N={n}]")
-    torch._assert_async((len_dev >= keep).all(), f"ada_vtp.prune: keep = {keep} exceeds a row's length")
-    valid = torch.arange(n, device=features.device)[None, :] < len_dev[:, None]
-    for name, values in (("scores", scores), ("relevance", relevance)):
-        if values is not None:
-            ok = (torch.isfinite(values) & (values >= 0)) | ~valid
-            torch._assert_async(ok.all(), f"ada_vtp.prune: {name} must be finite and >= 0 on the valid tokens")
-    finite = torch.isfinite(features).all(dim=2) | ~valid
-    torch._assert_async(finite.all(), "ada_vtp.prune: features must be finite on the valid tokens")
-
-
-def _prune_fwd(features, scores, keep, method, lengths, relevance, p: dict):
+    Args:
+        features: [B, N, D] float32/float16/bfloat16, validated, any strides; on a CUDA device, or
+            the CPU under TRITON_INTERPRET=1.
+        order: [B, N] int64, the visit order (`spec.visit_order`).
+        lengths: [B] int64 in [K, N].
+        attention_count: [B] int64, tokens taken from the order first (MAXMIN, VISPRUNER).
+        complexity: [B] fp64, agile's c.
+        relevance: [B, N] or None, DPP's r (all ones when None).
+        keep: K.
+        selection: the method's `spec.Selection`.
+        tau_scale, tau_max: agile's radius.
+    """
+    check_device("features", features, __name__)
+    if selection == spec.Selection.TOPK:
+        return torch.sort(order[:, :keep], dim=1).values
     batch, n, _ = features.shape
     device = features.device
-    len_dev = device_lengths(lengths, batch, n, device)
-    k_att = None
-    if method == "attention":
-        k_att = keep
-    elif method in ("mix", "divprune"):
-        k_att = mix_attention_count(keep, p["attention_ratio"]) if method == "mix" else 0
-    with_erank = needs_erank(method, p["complexity"], p["compute_erank"])
-    # one absmax pass serves the erank and the distances
-    scale = _rescale_factors(features, len_dev) if with_erank or k_att != keep else None
-    erank = _erank_fwd(features, len_dev, scale, p["erank_method"]) if with_erank else None
-    entropy = _attention_entropy_fwd(scores, len_dev, out_dtype=torch.float64)
-    order, rank = _score_order(scores, len_dev)
+    lengths = lengths.to(torch.int32)
+    dist = _distances(features, lengths, _rescale_factors(features, lengths))
     selected = torch.empty((batch, keep), dtype=torch.int64, device=device)
-
-    if k_att == keep:
-        selected = order[:, :keep]
+    block_n = triton.next_power_of_2(n)
+    if selection == spec.Selection.DPP:
+        r = torch.ones((batch, n), dtype=torch.float32, device=device) if relevance is None \
+            else relevance.to(torch.float32).contiguous()
+        cholesky = torch.empty((batch, keep, block_n), dtype=torch.float64, device=device)
+        _select_dpp_kernel[(batch,)](
+            dist, r, _rank(spec.score_order(r, lengths)), _device_scalars(device, spec.DPP_STOP), cholesky, lengths,
+            selected, n, keep, BLOCK_N=block_n, num_warps=SELECT_WARPS, **NO_FMA,
+        )
+    elif selection == spec.Selection.VISPRUNER:
+        rest = torch.empty((batch, 2, n), dtype=torch.int32, device=device)
+        keys = torch.empty((batch, n), dtype=torch.int64, device=device)
+        _select_vispruner_kernel[(batch,)](
+            dist, order, attention_count.to(torch.int32), rest, keys, lengths, selected, n, keep,
+            ROUND=spec.VISPRUNER_ROUND, BLOCK_N=block_n, BLOCK_A=min(TILES.vispruner, block_n),
+            BLOCK_B=min(TILES.vispruner, block_n), num_warps=SELECT_WARPS, **NO_FMA,
+        )
     else:
-        dist = _distances(features, len_dev, scale)
-        block_n = triton.next_power_of_2(n)
-        if method == "dpp":
-            r = torch.ones((batch, n), dtype=torch.float32, device=device) if relevance is None \
-                else relevance.to(torch.float32).contiguous()
-            _, r_rank = _score_order(r, len_dev)
-            cholesky = torch.empty((batch, keep, block_n), dtype=torch.float64, device=device)
-            params = _device_scalars(device, defaults.DPP_STOP)
-            _select_dpp_kernel[(batch,)](
-                dist, r, r_rank, params, cholesky, len_dev, selected, n, keep, BLOCK_N=block_n,
-                num_warps=SELECT_WARPS, **NO_FMA,
-            )
-        elif method == "vispruner":
-            k_imp = math.floor(keep * p["important_ratio"])
-            rest = torch.empty((batch, 2, n), dtype=torch.int32, device=device)
-            keys = torch.empty((batch, n), dtype=torch.int64, device=device)
-            _select_vispruner_kernel[(batch,)](
-                dist, order, rest, keys, len_dev, selected, n, keep, k_imp, ROUND=defaults.VISPRUNER_ROUND,
-                BLOCK_N=block_n, BLOCK_A=min(TILES.vispruner, block_n), BLOCK_B=min(TILES.vispruner, block_n),
-                num_warps=SELECT_WARPS, **NO_FMA,
-            )
-        else:
-            count = torch.full((batch,), k_att or 0, dtype=torch.int32, device=device)
-            complexity = torch.zeros((batch,), dtype=torch.float64, device=device)
-            if method == "mix_adaptive":
-                ratio = (p["attention_ratio"] + p["gain"] * (1.0 - erank / p["erank_ref"])).clamp(0.0, 1.0)
-                count = torch.floor(keep * ratio + 0.5).to(torch.int32)
-            elif method == "agile":
-                complexity = erank / p["erank_ref"] if p["complexity"] == "erank" else entropy / p["entropy_ref"]
-            params = _device_scalars(device, p["tau_scale"], p["tau_max"])
-            _select_diverse_kernel[(batch,)](
-                dist, rank, order, count, complexity, params, len_dev, selected, n, keep,
-                MODE=MODE_AGILE if method == "agile" else MODE_MAXMIN, BLOCK_N=block_n,
-                BLOCK_I=max(1, TILES.first_pick // block_n), num_warps=SELECT_WARPS, **NO_FMA,
-            )
-    indices = torch.sort(selected, dim=1).values
-    erank_out = erank.to(torch.float32) if with_erank else torch.empty((0,), dtype=torch.float32, device=device)
-    return indices, erank_out, entropy.to(torch.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# public functions
-
-
-def prune(features: torch.Tensor, scores: torch.Tensor, keep: int, method: str = "agile",
-          lengths: torch.Tensor | None = None, relevance: torch.Tensor | None = None, **params
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.ops.ada_vtp.prune`` on the GPU (its CUDA kernel), or on CPU tensors under
-    TRITON_INTERPRET=1.  Arguments and methods as `ada_vtp_kernels.functional.prune`.
-
-    Args:
-        features: [B, N, D] float32/float16/bfloat16, any strides.
-        scores: [B, N] non-negative, finite on the valid tokens.
-        keep: K, 1 <= K <= every row's length.
-        method: one of defaults.METHODS.
-        lengths: [B] int, optional: valid tokens per image.
-        relevance: [B, N] non-negative, optional, ``"dpp"`` only.
-        **params: the method parameters by name (important_ratio, attention_ratio, gain,
-            erank_ref, entropy_ref, tau_max, tau_scale, complexity, erank_method, compute_erank;
-            `reference.default_params` fills the rest with their defaults).
-
-    Returns:
-        (indices [B, K] int64 ascending, erank [B] float32 or [0] where the method needs none
-        and compute_erank is False, entropy [B] float32), like the C++ op.
-    """
-    p = default_params(method=method, **params)
-    if isinstance(features, torch.Tensor):
-        check_device("features", features, __name__)
-    _check_prune_inputs(features, scores, keep, lengths, relevance, p)
-    return _prune_fwd(features, scores, keep, method, lengths, relevance, p)
-
-
-def erank(features: torch.Tensor, lengths: torch.Tensor | None = None, method: str = defaults.ERANK_METHOD
-          ) -> torch.Tensor:
-    """``torch.ops.ada_vtp.erank`` on the GPU: "fast" (`erank_fast.erank_fast`, no host
-    synchronisation) or "exact" (fp64 eigvalsh of the smaller Gram matrix of each zero-padded image).
-
-    Args:
-        features: [B, N, D] float32/float16/bfloat16, any strides.
-        lengths: [B] int, optional: valid tokens per image.
-        method: "fast" or "exact".
-
-    Returns:
-        [B] float32.
-    """
-    _validation.check_erank_metadata(features, lengths, method)
-    check_device("features", features, __name__)
-    batch, n, _ = features.shape
-    checked = _validation.check_lengths(lengths, batch, n, features.device)
-    _validation.check_finite_features(features, checked)
-    lengths = device_lengths(lengths, batch, n, features.device)
-    return _erank_fwd(features, lengths, _rescale_factors(features, lengths), method).to(torch.float32)
+        _select_diverse_kernel[(batch,)](
+            dist, _rank(order), order, attention_count.to(torch.int32), complexity.to(torch.float64),
+            _device_scalars(device, tau_scale, tau_max), lengths, selected, n, keep,
+            MODE=MODE_AGILE if selection == spec.Selection.AGILE else MODE_MAXMIN, BLOCK_N=block_n,
+            BLOCK_I=max(1, TILES.first_pick // block_n), num_warps=SELECT_WARPS, **NO_FMA,
+        )
+    return torch.sort(selected, dim=1).values

@@ -35,13 +35,12 @@ import triton.language as tl
 # directly in numpy.  Compiled, the two spellings are the same code.
 from triton.language.standard import _elementwise_max, _sum_combine
 
-from .. import _validation, defaults
-from ..reference import ORTH_DROP, fast_erank_block
-from ._device import INTERPRETED, NO_FMA, check_device, device_lengths
-from .eigh import jacobi_eigh
+from ... import spec
+from ..triton_device import INTERPRETED, NO_FMA
+from .triton_eigh import jacobi_eigh
 
-PROBES = defaults.FAST_ERANK_PROBES
-STEPS = defaults.FAST_ERANK_LANCZOS_STEPS
+PROBES = spec.FAST_ERANK_PROBES
+STEPS = spec.FAST_ERANK_LANCZOS_STEPS
 # tl.dot needs 16 columns: the probe block is padded with zero probes, which stay zero
 PROBE_WIDTH = max(16, triton.next_power_of_2(PROBES))
 STEP_SLOTS = triton.next_power_of_2(STEPS)
@@ -525,8 +524,8 @@ def _erank_finish_kernel(
 
 def _block_columns(m: torch.Tensor) -> torch.Tensor:
     """reference.fast_erank_block on the device: [B] int m -> [B] int32 deflation columns."""
-    return torch.where(m > defaults.FAST_ERANK_LARGE_ABOVE, defaults.FAST_ERANK_LARGE_BLOCK,
-                       defaults.FAST_ERANK_BLOCK).to(torch.int32)
+    return torch.where(m > spec.FAST_ERANK_LARGE_ABOVE, spec.FAST_ERANK_LARGE_BLOCK,
+                       spec.FAST_ERANK_BLOCK).to(torch.int32)
 
 
 def _rescale_factors(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -540,7 +539,7 @@ def _rescale_factors(features: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
     )
     amax = partial.amax(dim=1)
     exponent = torch.frexp(amax).exponent.to(torch.int64)
-    outside = (amax != 0) & ((amax < defaults.SAFE_MIN) | (amax > defaults.SAFE_MAX))
+    outside = (amax != 0) & ((amax < spec.SAFE_MIN) | (amax > spec.SAFE_MAX))
     power = ((1023 - exponent) << 52).view(torch.float64)  # 2**-e from its IEEE bits: exact
     return torch.where(outside, power, torch.ones_like(power))
 
@@ -572,7 +571,8 @@ def _apply(features, lengths, scale, v, out, adjoint: bool) -> None:
 
 def _orthonormalize(y: torch.Tensor, lengths: torch.Tensor, cols: torch.Tensor, dim: int, rows: bool) -> None:
     _erank_orthonormalize_kernel[(y.shape[0],)](
-        y, y.stride(0), lengths, cols, dim, ROWS=rows, C=y.shape[-1], ORTH_DROP=ORTH_DROP, BLOCK_R=ORTH_BLOCK_R,
+        y, y.stride(0), lengths, cols, dim, ROWS=rows, C=y.shape[-1], ORTH_DROP=spec.FAST_ERANK_ORTH_DROP,
+        BLOCK_R=ORTH_BLOCK_R,
     )
 
 
@@ -584,23 +584,23 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor, scale: torch.
     batch, n_max, dim = features.shape
     device = features.device
     m_rows, a_rows = min(n_max, dim), max(n_max, dim)
-    width = fast_erank_block(m_rows)
+    width = spec.fast_erank_block(m_rows)
     ritz = min(m_rows, width)  # the Rayleigh-Ritz (or exact Gram) size
     # some image may take the estimator (else every one has m <= FAST_ERANK_BLOCK: shapes decide)
-    quadrature = m_rows > defaults.FAST_ERANK_BLOCK
+    quadrature = m_rows > spec.FAST_ERANK_BLOCK
     m = torch.clamp(lengths, max=dim)
     f32 = dict(dtype=torch.float32, device=device)
     q = torch.zeros((batch, m_rows, width), **f32)
     u = torch.zeros((batch, a_rows, width), **f32)
 
-    exact = m <= defaults.FAST_ERANK_BLOCK
+    exact = m <= spec.FAST_ERANK_BLOCK
     if quadrature:
         # images on the exact path get no columns: their power steps are empty
         cols = torch.where(exact, 0, _block_columns(m)).to(torch.int32)
         grid = (batch, triton.cdiv(m_rows, APPLY_BLOCK_R))
         _erank_probes_kernel[grid](q, q.stride(0), lengths, cols, dim, m_rows,
                                    STREAM=STREAM_BLOCK, C=width, BLOCK_R=APPLY_BLOCK_R, **NO_FMA)
-        for _ in range(defaults.FAST_ERANK_POWER_STEPS):
+        for _ in range(spec.FAST_ERANK_POWER_STEPS):
             _apply(features, lengths, scale, q, u, adjoint=False)
             _orthonormalize(u, lengths, cols, dim, rows=True)
             _apply(features, lengths, scale, u, q, adjoint=True)
@@ -659,44 +659,6 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor, scale: torch.
     _erank_finish_kernel[(batch,)](
         theta, nodes, first, beta, rank, trace, lengths, out, dim, ritz,
         KP=triton.next_power_of_2(ritz), NQ=PROBES * 2 * STEPS, PROBES=PROBES, S=STEP_SLOTS, P_PAD=PROBE_WIDTH,
-        EXACT_UP_TO=defaults.FAST_ERANK_BLOCK, HAS_QUADRATURE=quadrature, **NO_FMA,
+        EXACT_UP_TO=spec.FAST_ERANK_BLOCK, HAS_QUADRATURE=quadrature, **NO_FMA,
     )
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# public function
-
-
-def erank_fast(features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """SVD-free effective rank of each image's valid tokens (erank method "fast"), batched.
-
-    The same estimate as `reference.erank_fast_one` and ``torch.ops.ada_vtp.erank(..., "fast")``
-    (within about 1e-5 relative: fp32 products, fp64 reductions); images with min(n, D) <=
-    FAST_ERANK_BLOCK get the exact erank.  The computation never synchronises with the host; the
-    argument checks (lengths in range, finite features) do.
-
-    Args:
-        features: [B, N, D] float32/float16/bfloat16, any strides, on a CUDA device (or on the
-            CPU when TRITON_INTERPRET=1 was set before this module was imported).
-        lengths: [B] int, optional: valid tokens per image, in [1, N] (default N); rows at and
-            after an image's length are never read.
-
-    Returns:
-        [B] float32: erank in [1, min(n, D)], 0 for an all-zero image.
-
-    Examples::
-
-        >>> import torch
-        >>> from ada_vtp_kernels.triton.erank_fast import erank_fast
-        >>> x = torch.randn(2, 576, 1024, device="cuda")
-        >>> erank_fast(x, torch.tensor([576, 300], device="cuda")).shape
-        torch.Size([2])
-    """
-    _validation.check_features(features)
-    batch, n, _ = features.shape
-    check_device("features", features, __name__)
-    checked = _validation.check_lengths(lengths, batch, n, features.device)
-    _validation.check_finite_features(features, checked)
-    lengths = device_lengths(lengths, batch, n, features.device)
-    return _erank_fast_fwd(features, lengths, _rescale_factors(features, lengths))

@@ -1,5 +1,5 @@
 """Runs the C++ op under another of MKL's code paths, in a child process: the probe behind
-tests/test_blas_paths.py (``python tests/blas_paths.py OUT.pt`` writes its results).
+tests/test_blas_paths.py (``python tests/support/blas_paths.py OUT.pt`` writes its results).
 
 MKL picks its kernels by CPU: AVX-512 ones on an Intel Xeon, AVX2 ones on an AMD EPYC (MKL
 checks the vendor), and they round differently.  A test machine is one or the other, so the
@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ada_vtp_kernels import spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from peers import GOLDEN  # noqa: E402
 
 SHIM_SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\nint mkl_serv_intel_cpu(void) { return 1; }\n"
-METHODS = ("attention", "divprune", "dpp", "vispruner", "mix", "mix_adaptive", "agile")
+METHODS = tuple(spec.METHODS)
 THREADS = (1, 2, 3)
 
 
@@ -70,8 +72,6 @@ def probe() -> dict:
     """{(batch name, method, erank method): (indices, erank, entropy)} and {"gemm": fingerprint},
     after checking that every thread count, and every image alone at every thread count (the
     fast erank then runs its products on all threads), give the same bits."""
-    import ada_vtp_kernels  # noqa: F401  (loads the op)
-
     results = {"gemm": gemm_fingerprint()}
     before = torch.get_num_threads()
     for name, (features, scores, relevance, lengths, keep) in inputs().items():

@@ -11,8 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _validation
-from ._device import NO_FMA, check_device, device_lengths
+from ..triton_device import NO_FMA, check_device
 
 BLOCK_N = 1024  # LLaVA-1.5's 576 scores in one tile, LLaVA-NeXT's 2880 in three
 
@@ -46,30 +45,18 @@ def _attention_entropy_kernel(
     tl.store(out_ptr + b, entropy.to(out_ptr.dtype.element_ty))
 
 
-def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Shannon entropy (nats) of each image's normalised valid scores.
+def attention_entropy(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B] fp64 entropy (nats) of each image's normalised valid scores; all-zero scores count as
+    uniform (ln n).
 
     Args:
-        scores: [B, N] float32/float16/bfloat16/float64, non-negative and finite on valid tokens,
-            any strides; on a CUDA device, or the CPU under TRITON_INTERPRET=1.
-        lengths: [B] int, optional: valid tokens per image (default N); the scores after an
-            image's length are never read.
-
-    Returns:
-        [B] float32; all-zero scores count as uniform (ln n).
+        scores: [B, N] float16/bfloat16/float32/float64, validated (finite, >= 0 on the valid
+            tokens), any strides; on a CUDA device, or the CPU under TRITON_INTERPRET=1.
+        lengths: [B] int64 in [1, N] on the same device; scores after a length are never read.
     """
-    _validation.check_scores(scores)
     check_device("scores", scores, __name__)
-    batch, n = scores.shape
-    checked = _validation.check_lengths(lengths, batch, n, scores.device)
-    _validation.check_row_values("scores", scores, batch, n, scores.device, checked)
-    return _attention_entropy_fwd(scores, device_lengths(lengths, batch, n, scores.device))
-
-
-def _attention_entropy_fwd(scores: torch.Tensor, lengths: torch.Tensor, out_dtype=torch.float32) -> torch.Tensor:
-    """scores [B, N] (validated), lengths [B] int32 on the same device -> [B] `out_dtype` (float32,
-    or float64 for `prune`'s entropy complexity, unrounded like the C++ op's)."""
-    out = torch.empty(scores.shape[0], dtype=out_dtype, device=scores.device)
+    lengths = lengths.to(torch.int32)
+    out = torch.empty(scores.shape[0], dtype=torch.float64, device=scores.device)
     _attention_entropy_kernel[(scores.shape[0],)](
         scores, scores.stride(0), scores.stride(1), lengths, out, BLOCK_N=BLOCK_N, **NO_FMA,
     )

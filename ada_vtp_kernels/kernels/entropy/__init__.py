@@ -1,0 +1,1 @@
+"""`entropy`: its reference (reference.py) and its Triton kernels."""

@@ -1,0 +1,1 @@
+"""`erank`: its reference (reference.py) and its Triton kernels."""

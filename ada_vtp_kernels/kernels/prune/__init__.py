@@ -1,0 +1,1 @@
+"""`prune`: its reference (reference.py) and its Triton kernels."""

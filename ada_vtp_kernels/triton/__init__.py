@@ -1,1 +1,0 @@
-"""Triton GPU kernels (run on the CPU under TRITON_INTERPRET=1 for testing)."""
