@@ -240,7 +240,7 @@ _METHOD_LIST = (
     Method("agile", "AgilePruner: score-ordered suppression within min(r c tau_scale, tau_max)",
            Selection.AGILE, params=("erank_ref", "entropy_ref", "tau_max", "tau_scale", "complexity"),
            needs_erank=lambda p: p.complexity == "erank", complexity=_agile_complexity),
-    Method("random", "a uniformly random K-subset, the same for every seed on every backend", Selection.TOPK,
+    Method("random", "a uniformly random K-subset fixed by seed, the same on every backend", Selection.TOPK,
            order="random", params=("seed",),
            attention_count=lambda p, keep, erank, entropy: torch.full_like(entropy, keep, dtype=torch.int64)),
 )
