@@ -68,7 +68,7 @@ def cpu_stages() -> Stages:
     return Stages(
         erank=lambda features, lengths, method: cpu.erank(features, lengths, spec.ERANK_METHODS.index(method)),
         entropy=cpu.attention_entropy,
-        select=lambda *args: cpu.select(*args[:7], int(args[7]), *args[8:]),
+        select=cpu.select,  # spec.Selection is an int
         on_device=False,
     )
 
@@ -91,15 +91,15 @@ def prune_forward(stages: Stages, features: torch.Tensor, scores: torch.Tensor, 
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(indices [B, K] int64 ascending, erank [B] float32 or [0], entropy [B] float32)."""
     lengths = validation.check_prune(features, scores, keep, lengths, relevance, p, stages.on_device)
-    method = p.spec
+    method, with_erank = p.spec, p.needs_erank()
     entropy = stages.entropy(scores, lengths)
-    erank = stages.erank(features, lengths, p.erank_method) if p.needs_erank() else torch.full_like(entropy, torch.nan)
+    erank = stages.erank(features, lengths, p.erank_method) if with_erank else torch.full_like(entropy, torch.nan)
     order = spec.visit_order(p, scores, lengths)
     count = method.attention_count(p, keep, erank, entropy)
     complexity = method.complexity(p, erank, entropy)
     indices = stages.select(features, order, lengths, count, complexity, relevance, keep, method.selection,
                             p.tau_scale, p.tau_max)
-    erank_out = erank.to(torch.float32) if p.needs_erank() else erank.new_empty((0,), dtype=torch.float32)
+    erank_out = erank.to(torch.float32) if with_erank else erank.new_empty((0,), dtype=torch.float32)
     return indices, erank_out, entropy.to(torch.float32)
 
 

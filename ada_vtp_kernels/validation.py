@@ -152,27 +152,33 @@ def check_values(features: torch.Tensor | None, rows: dict[str, torch.Tensor | N
     for name, t in (("features", features), *rows.items(), ("lengths", lengths)):
         if t is not None:
             check_holds_values(name, t)
-    given = lengths is not None
-    lengths = (torch.full((batch,), n, dtype=torch.int64, device=device) if lengths is None
-               else lengths.to(torch.int64).contiguous())
-    valid = valid_tokens(lengths, n) if given else None  # without lengths every token is valid
-    if on_device:
-        _assert_on_device(features, rows, keep, lengths, valid, n, given)
+    if lengths is None:  # every token is valid and no length can be wrong
+        lengths, valid = torch.full((batch,), n, dtype=torch.int64, device=device), None
     else:
-        _check_on_host(features, rows, keep, lengths, valid, n, given)
+        lengths = lengths.to(torch.int64).contiguous()
+        valid = valid_tokens(lengths, n)
+    if on_device:
+        _assert_on_device(features, rows, keep, lengths, valid, n)
+    else:
+        _check_on_host(features, rows, keep, lengths, valid, n)
     return lengths
 
 
-def _assert_on_device(features, rows, keep, lengths, valid: torch.Tensor | None, n: int, given: bool) -> None:
-    if given:
+def _finite_and_nonnegative(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """[B, N] bool: the rule of scores and relevance, which the padding need not follow."""
+    ok = (values >= 0) & (values < math.inf)  # NaN fails both
+    return ok if valid is None else ok | ~valid
+
+
+def _assert_on_device(features, rows, keep, lengths, valid: torch.Tensor | None, n: int) -> None:
+    if valid is not None:
         torch._assert_async(((lengths >= 1) & (lengths <= n)).all(), f"ada_vtp: lengths outside [1, N={n}]")
-    if keep is not None and given:
-        torch._assert_async((lengths >= keep).all(), f"ada_vtp: keep = {keep} exceeds a row's length")
+        if keep is not None:
+            torch._assert_async((lengths >= keep).all(), f"ada_vtp: keep = {keep} exceeds a row's length")
     for name, values in rows.items():
         if values is not None:
-            ok = (values >= 0) & (values < math.inf)  # NaN fails both
-            ok = ok if valid is None else ok | ~valid
-            torch._assert_async(ok.all(), f"ada_vtp: {name} must be finite and >= 0 on the valid tokens")
+            torch._assert_async(_finite_and_nonnegative(values, valid).all(),
+                                f"ada_vtp: {name} must be finite and >= 0 on the valid tokens")
     if features is not None:
         finite = torch.isfinite(features).all(dim=2)
         finite = finite if valid is None else finite | ~valid
@@ -183,32 +189,26 @@ def _first(bad: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(v) for v in bad.nonzero()[0])
 
 
-def _check_on_host(features, rows, keep, lengths, valid: torch.Tensor | None, n: int, given: bool) -> None:
+def _check_on_host(features, rows, keep, lengths, valid: torch.Tensor | None, n: int) -> None:
     # each rule is first checked by one cheap reduction; only a failure searches for the element
-    if given:
+    if valid is not None:
         bad = (lengths < 1) | (lengths > n)
         if bad.any():
             (b,) = _first(bad)
             _fail(f"lengths[{b}] = {int(lengths[b])} is outside [1, N={n}]")
-    if keep is not None and given:
         shortest = int(lengths.min())
-        if keep > shortest:
+        if keep is not None and keep > shortest:
             where = f"N={n}" if shortest == n else f"the shortest row's length {shortest}"
             _fail(f"keep = {keep} is outside [1, {where}]")
     for name, values in rows.items():
-        if values is None:
+        if values is None or bool(_finite_and_nonnegative(values, valid).all()):
             continue
-        ok = (values >= 0) & (values < math.inf)  # NaN fails both
-        if given:
-            ok |= ~valid
-        if bool(ok.all()):
-            continue
-        valid = valid_tokens(lengths, n)
-        not_finite = ~torch.isfinite(values) & valid
+        mask = valid_tokens(lengths, n) if valid is None else valid
+        not_finite = ~torch.isfinite(values) & mask
         if not_finite.any():
             b, j = _first(not_finite)
             _fail(f"{name}[{b}, {j}] = {spec.number_text(values[b, j].item())} is not finite")
-        b, j = _first((values < 0) & valid)
+        b, j = _first((values < 0) & mask)
         _fail(f"{name}[{b}, {j}] = {spec.number_text(values[b, j].item())} is negative; expected values >= 0")
     if features is not None:
         # max and min are NaN or infinite exactly where some element is (two reductions at memory
