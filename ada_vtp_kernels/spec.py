@@ -267,7 +267,10 @@ class PruneParams:
     tau_max: float = _param(0.2, Range(0.0), '"agile": largest suppression radius in cosine distance')
     tau_scale: float = _param(0.01, Range(0.0), '"agile": radius growth per rank at c = 1')
     complexity: str = _param("erank", Choice(COMPLEXITIES), '"agile": c from the erank or the attention entropy')
-    erank_method: str = _param("fast", Choice(ERANK_METHODS), 'erank estimator: "fast" (SVD-free) or "exact"')
+    erank_method: str = _param(
+        "exact", Choice(ERANK_METHODS),
+        'erank: "exact" (eigenvalues of the fp64 Gram) or "fast" (SVD-free estimate; up to ~15 % off on '
+        'steep spectra, see docs/DESIGN.md)')
     compute_erank: bool = _param(False, Flag(), "compute the erank also where the method needs none")
     seed: int = _param(0, Seed(), '"random": which K-subset')
 
@@ -293,6 +296,10 @@ class PruneParams:
     def needs_erank(self) -> bool:
         """Whether `prune` computes the erank: the selection reads it, or it was asked for."""
         return self.compute_erank or self.spec.needs_erank(self)
+
+    def reads_features(self) -> bool:
+        """Whether `prune` reads feature values: its selection compares tokens, or it computes the erank."""
+        return self.spec.selection is not Selection.TOPK or self.needs_erank()
 
     def as_dict(self) -> dict:
         """The parameters without the method, by name (the op's keyword arguments)."""

@@ -6,12 +6,12 @@ Every failure is a ``ValueError`` that names the argument, the bad value and wha
 - metadata (types, shapes, dtypes, devices, keep against N): `check_prune_metadata`,
   `check_erank_metadata`, `check_entropy_metadata`.  The fake (meta) kernels run them too, so a
   wrong call fails under torch.compile and torch.export with the same message.
-- values (lengths in [1, N], keep <= every length, finite features, finite non-negative scores and
-  relevance on the valid tokens): `check_values`, either on the host, where each failure names
-  the first bad element, or as device-side assertions (`on_device=True`, what the CUDA kernels
-  use), which need no host synchronisation: a bad value then fails at the next synchronisation
-  (or graph replay) with a device assert that names the rule.  The C++ kernels check only their
-  internal invariants.
+- values (lengths in [1, N], keep <= every length, finite features where the method reads them,
+  finite non-negative scores and relevance on the valid tokens): `check_values`, either on the
+  host, where each failure names the first bad element, or as device-side assertions
+  (`on_device=True`, what the CUDA kernels use), which need no host synchronisation: a bad value
+  then fails at the next synchronisation (or graph replay) with a device assert that names the
+  rule.  The C++ kernels check only their internal invariants.
 """
 
 import math
@@ -227,10 +227,15 @@ def _check_on_host(features, rows, keep, lengths, valid: torch.Tensor | None, n:
 
 def check_prune(features, scores, keep, lengths, relevance, params: spec.PruneParams, on_device: bool
                 ) -> torch.Tensor:
-    """Every check of `prune`; returns the lengths as int64 [B] on the features' device."""
+    """Every check of `prune`; returns the lengths as int64 [B] on the features' device.
+
+    A method that reads no feature value (top-K by score or by seed, without the erank) gets its
+    features' metadata checked but not their values: its result cannot depend on them, and
+    reading [B, N, D] to check them would cost many times its top-K."""
     check_prune_metadata(features, scores, keep, lengths, relevance, params)
-    return check_values(features, {"scores": scores, "relevance": relevance}, keep, lengths, features.shape[1],
-                        on_device)
+    check_holds_values("features", features)
+    return check_values(features if params.reads_features() else None, {"scores": scores, "relevance": relevance},
+                        keep, lengths, features.shape[1], on_device)
 
 
 def check_erank(features, lengths, method: str, on_device: bool) -> torch.Tensor:

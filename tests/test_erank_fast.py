@@ -1,8 +1,10 @@
-"""The SVD-free erank estimator (erank method "fast"): the C++ kernel's bits, and the estimator
-against the exact fp64 erank on synthetic spectra and real DINOv2 features (every backend against
-the reference: tests/test_conformance.py).
+"""The SVD-free erank estimator (erank method "fast", opt-in): the C++ kernel's bits, and the
+estimator against the exact fp64 erank on the named synthetic spectra and real DINOv2 features
+(every backend against the reference: tests/test_conformance.py).
 
-Accuracy targets (issue 3): median relative error <= 1 % and max <= 3 % per case family.
+Its bounds here, median <= 1 % and max <= 3 % per named spectrum, hold on these gentle spectra
+only: on steep ones (exponential, knees) it is up to ~15 % high (tests/test_erank_accuracy.py,
+benchmarks/bench_erank.py), which is why "exact" is the default.
 """
 
 import statistics

