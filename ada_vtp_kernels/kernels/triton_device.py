@@ -1,11 +1,17 @@
 """Where the Triton kernels may run: CUDA tensors, or CPU tensors under the Triton interpreter."""
 
+import os
+
 import torch
 import triton
 
 # TRITON_INTERPRET=1 as triton.jit saw it when the kernel modules were imported (it decides, once,
 # whether the kernels are interpreted on the CPU or compiled for the GPU)
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+# The GPU's tile sizes and dot precisions: compiled, or interpreted with ADA_VTP_GPU_CONFIG=1, which
+# tests/support/launches.py sets to record the launches a GPU gets without running them (run
+# interpreted, these tiles are slow and a native bf16 dot is wrong)
+GPU_CONFIG = not INTERPRETED or os.environ.get("ADA_VTP_GPU_CONFIG", "0") == "1"
 
 # Every launch passes this: no fused multiply-adds, so products and sums round separately as in
 # the reference and the C++ kernels (built with -ffp-contract=off); fp64 DPP state and the

@@ -36,7 +36,7 @@ import triton.language as tl
 from triton.language.standard import _elementwise_max, _sum_combine
 
 from ... import spec
-from ..triton_device import INTERPRETED, NO_FMA
+from ..triton_device import GPU_CONFIG, NO_FMA
 from .triton_eigh import jacobi_eigh
 
 PROBES = spec.FAST_ERANK_PROBES
@@ -51,7 +51,7 @@ TINY = torch.finfo(torch.float64).tiny
 
 # Tile sizes.  The interpreter pays per operation rather than per element, so it gets large tiles,
 # except in the (cheap) Lanczos kernels, whose row loops small test images should still iterate.
-if INTERPRETED:
+if not GPU_CONFIG:
     APPLY_BLOCK_R, APPLY_BLOCK_K = 128, 128
     ORTH_BLOCK_R, LANCZOS_BLOCK_R = 256, 64
     GRAM_BLOCK_G, GRAM_BLOCK_R = 32, 128

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ... import spec
 from ..erank.triton_fast import _load_rescaled, _rescale_factors
-from ..triton_device import INTERPRETED, NO_FMA, check_device
+from ..triton_device import GPU_CONFIG, NO_FMA, check_device
 
 
 class Tiles(NamedTuple):
@@ -50,7 +50,7 @@ class Tiles(NamedTuple):
 GPU_TILES = Tiles(norm_n=32, norm_d=128, dist=64, dist_d=32, first_pick=1 << 13, vispruner=64)
 # The interpreter pays per operation, not per element: large tiles (tests also run GPU_TILES)
 INTERPRETER_TILES = Tiles(norm_n=128, norm_d=256, dist=128, dist_d=128, first_pick=1 << 16, vispruner=512)
-TILES = INTERPRETER_TILES if INTERPRETED else GPU_TILES
+TILES = GPU_TILES if GPU_CONFIG else INTERPRETER_TILES
 # 8 warps: ptxas for sm_90 fits the 64 x 64 distance tile (fp32 IEEE dot, or bf16) without spills
 DIST_WARPS = 8
 SELECT_WARPS = 8
@@ -389,7 +389,7 @@ def _distances(features: torch.Tensor, lengths: torch.Tensor, scale: torch.Tenso
     _distance_kernel[grid](
         features, *features.stride(), lengths, scale, norms, dist, n, dim,
         NORM_EPS=spec.NORM_EPS, SNAP=spec.DISTANCE_SNAP,
-        NATIVE_DOT=not INTERPRETED and features.dtype != torch.float32,
+        NATIVE_DOT=GPU_CONFIG and features.dtype != torch.float32,
         BLOCK_I=TILES.dist, BLOCK_J=TILES.dist, BLOCK_D=TILES.dist_d, num_warps=DIST_WARPS, **NO_FMA,
     )
     return dist
