@@ -66,6 +66,9 @@ else:
 # the Lanczos kernel holds [C, P] and [S, BLOCK_R, P] fp64 accumulators: 8 warps keep them in
 # registers (ptxas for sm_90, 4 warps: 255 registers and a stack)
 LANCZOS_WARPS = 8
+# the residual kernel holds a [BLOCK_N, C] fp32 tile of B Qᵀ: at C = 128 triton 3.6 spills 6 KB with
+# 4 warps, 0.3 KB (fp16/bf16 inputs) with 8; triton 3.9 none
+RESIDUAL_WARPS = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +264,8 @@ def _erank_gram_kernel(
         r = r0 + tl.arange(0, BLOCK_R)
         left = tl.load(b_img + r[:, None] * C + gi[None, :], mask=(r < rows)[:, None], other=0.0)
         right = tl.load(b_img + r[:, None] * C + gj[None, :], mask=(r < rows)[:, None], other=0.0)
-        acc = tl.dot(tl.trans(left.to(tl.float64)), right.to(tl.float64), acc)
+        # out_dtype said: triton 3.6 defaults it to fp32 and rejects an fp64 accumulator
+        acc = tl.dot(tl.trans(left.to(tl.float64)), right.to(tl.float64), acc, out_dtype=tl.float64)
     tl.store(g_ptr + b * C * C + gi[:, None] * C + gj[None, :], acc)
 
 
@@ -625,7 +629,7 @@ def _erank_fast_fwd(features: torch.Tensor, lengths: torch.Tensor, scale: torch.
         partial = torch.empty((batch, tiles), **f64)
         _erank_residual_kernel[(batch, tiles)](
             features, *features.stride(), lengths, scale, q, q.stride(0), u, u.stride(0), partial, dim,
-            C=width, BLOCK_N=RESIDUAL_BLOCK_N, BLOCK_D=RESIDUAL_BLOCK_D, **NO_FMA,
+            C=width, BLOCK_N=RESIDUAL_BLOCK_N, BLOCK_D=RESIDUAL_BLOCK_D, num_warps=RESIDUAL_WARPS, **NO_FMA,
         )
         trace = partial.sum(dim=1)
 
