@@ -73,7 +73,10 @@ name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu dry r
 print(re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))' 2>/dev/null || echo unknown)
 
 # limits: 470 s in all, so the check ends within 8 minutes whatever hangs
-stage install 120 "$python" -m pip install --no-deps --no-build-isolation --no-index -e .
+# the dry run resolves and prepares the same install without rebuilding the extension under the tests
+install_mode=()
+[ "$dry_run" = 1 ] && install_mode=(--dry-run)
+stage install 120 "$python" -m pip install "${install_mode[@]}" --no-deps --no-build-isolation --no-index -e .
 export python
 export -f versions
 stage versions 20 bash -c versions  # timeout runs programs, not shell functions
