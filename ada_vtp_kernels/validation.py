@@ -138,12 +138,13 @@ def valid_tokens(lengths: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def check_values(features: torch.Tensor | None, rows: dict[str, torch.Tensor | None], keep: int | None,
-                 lengths: torch.Tensor | None, n: int, on_device: bool) -> torch.Tensor:
+                 lengths: torch.Tensor | None, n: int, on_device: bool, read_features: bool = True) -> torch.Tensor:
     """The value checks of an op whose metadata passed; returns the lengths as int64 [B] on the
     tensors' device (N for every row when None).
 
     features: [B, N, D] or None (attention_entropy); rows: the [B, N] per-token tensors by name
-    (scores, relevance; None entries skipped); keep: K or None (erank, attention_entropy).
+    (scores, relevance; None entries skipped); keep: K or None (erank, attention_entropy);
+    read_features: whether the op reads the features' values (else only that they hold some).
     On the host each failure names the first bad element; ``on_device=True`` turns every rule into
     a device-side assertion instead (no host synchronisation).
     """
@@ -157,10 +158,11 @@ def check_values(features: torch.Tensor | None, rows: dict[str, torch.Tensor | N
     else:
         lengths = lengths.to(torch.int64).contiguous()
         valid = valid_tokens(lengths, n)
+    checked = features if read_features else None
     if on_device:
-        _assert_on_device(features, rows, keep, lengths, valid, n)
+        _assert_on_device(checked, rows, keep, lengths, valid, n)
     else:
-        _check_on_host(features, rows, keep, lengths, valid, n)
+        _check_on_host(checked, rows, keep, lengths, valid, n)
     return lengths
 
 
@@ -233,9 +235,8 @@ def check_prune(features, scores, keep, lengths, relevance, params: spec.PrunePa
     features' metadata checked but not their values: its result cannot depend on them, and
     reading [B, N, D] to check them would cost many times its top-K."""
     check_prune_metadata(features, scores, keep, lengths, relevance, params)
-    check_holds_values("features", features)
-    return check_values(features if params.reads_features() else None, {"scores": scores, "relevance": relevance},
-                        keep, lengths, features.shape[1], on_device)
+    return check_values(features, {"scores": scores, "relevance": relevance}, keep, lengths, features.shape[1],
+                        on_device, read_features=params.reads_features())
 
 
 def check_erank(features, lengths, method: str, on_device: bool) -> torch.Tensor:

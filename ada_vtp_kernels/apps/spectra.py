@@ -3,8 +3,8 @@ benchmarking erank estimators (tests/test_erank_fast.py, tests/test_erank_accura
 benchmarks/bench_erank.py).
 
 ``X = U diag(sigma) Vᵀ`` with U [n, r], V [D, r] random orthonormal columns (QR of seeded Gaussian
-matrices), r = min(n, D), scaled so that the root-mean-
-square entry is 1 (fp16 and bf16 inputs then neither underflow nor overflow).
+matrices), r = min(n, D), scaled so that the root-mean-square entry is 1 (fp16 and bf16 inputs
+then neither underflow nor overflow).
 
 Families (`FAMILIES`; sigma_i for i = 1..r, largest first), with the parameter ranges that
 `draw_params` samples:
@@ -88,7 +88,6 @@ def features_with_sigma(n: int, dim: int, sigma: torch.Tensor, seed: int = 0,
     """[n, dim] matrix with singular values proportional to `sigma` [min(n, dim)], in `dtype`."""
     generator = torch.Generator().manual_seed(seed)
     r = min(n, dim)
-
     u, _ = torch.linalg.qr(torch.randn(n, r, generator=generator, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(dim, r, generator=generator, dtype=torch.float64))
     x = (u * sigma) @ v.T

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -42,11 +43,6 @@ class Launch:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-    @staticmethod
-    def from_json(data: dict) -> "Launch":
-        return Launch(data["module"], data["kernel"], tuple(map(tuple, data["signature"])),
-                      tuple(map(tuple, data["constexprs"])), tuple(map(tuple, data["options"])))
 
 
 def _type(value) -> str:
@@ -88,21 +84,12 @@ def record(dry: bool = False):
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(InterpretedFunction, "run", run))
+        stack.enter_context(mock.patch.object(InterpretedFunction, "run", run))
         if dry:
-            stack.enter_context(_patched(torch, "_assert_async", lambda *a, **k: None))
-            stack.enter_context(_patched(torch.linalg, "eigvalsh", lambda a, *r, **k: a.new_zeros(a.shape[:-1])))
+            stack.enter_context(mock.patch.object(torch, "_assert_async", lambda *a, **k: None))
+            stack.enter_context(mock.patch.object(torch.linalg, "eigvalsh",
+                                                  lambda a, *r, **k: a.new_zeros(a.shape[:-1])))
         yield launches
-
-
-@contextlib.contextmanager
-def _patched(owner, name: str, value):
-    before = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, before)
 
 
 def llava_launches(erank_methods=("exact", "fast")) -> set[Launch]:
@@ -113,7 +100,6 @@ def llava_launches(erank_methods=("exact", "fast")) -> set[Launch]:
     from ada_vtp_kernels import ops, spec
 
     stages = ops.triton_stages()
-    distinct: set[Launch] = set()
     with record(dry=True) as launches:
         for n in (576, 2880):
             for dim in (1024, 4096):
@@ -129,8 +115,7 @@ def llava_launches(erank_methods=("exact", "fast")) -> set[Launch]:
                     for erank_method in erank_methods:
                         ops.erank_forward(stages, features, lengths, erank_method)
                     ops.entropy_forward(stages, scores, lengths)
-    distinct.update(launches)
-    return distinct
+    return set(launches)
 
 
 if __name__ == "__main__":
