@@ -1,18 +1,15 @@
-"""Every Triton kernel launch of the default path compiles for an H100 (sm_90) and fits it.
+"""Every Triton kernel launch compiles for an H100 (sm_90) and fits it: no register spills, at most
+227 KB of shared memory per block.
 
 tests/support/sm90_compile.py records the launches under the interpreter (every op and method at
 LLaVA-1.5 and LLaVA-NeXT shapes, every dtype; tests/support/launches.py) and compiles each with
 triton's compiler and bundled ptxas, no GPU needed; it runs in a subprocess because this process
 defined the kernels for the interpreter.  The check catches what the interpreter cannot (constexpr
-globals, loop-carried types, dot layouts, a Triton version's rules), holds every launch to the
-H100's 227 KB of shared memory per block, and the LLaVA-1.5 launches (up to 1024 tokens) to no
-register spills.
+globals, loop-carried types, dot layouts, a Triton version's rules) and register pressure (one
+launch has a bounded spill, SPILL_BOUNDS).
 
-The "fast" erank's launches (43 more, 4 minutes to compile) run with ``--interpreter-full``:
-under triton 3.9 they compile, but `_jacobi_eigh_kernel` at K=128 spills 1.6 KB and
-`_erank_lanczos_kernel` at 128 columns 12 B; under triton 3.6 `_erank_gram_kernel` does not
-compile (its fp64 ``tl.dot`` accumulator) and `_erank_residual_kernel` spills 6 KB (issue 17).
-The default path's 18 launches compile under both with no spill.
+The default path's 18 launches compile here; the fast erank's 43 more (minutes) run with
+``--interpreter-full``, as tools/test_triton_versions.sh does under triton 3.6.0 and this venv's.
 """
 
 import os
@@ -27,6 +24,10 @@ pytest.importorskip("triton")
 
 SCRIPT = Path(__file__).resolve().parent / "support" / "sm90_compile.py"
 H100_SHARED_BYTES = 227 * 1024
+# The one launch allowed to spill, with its bound in bytes per thread: the fast erank's 128-column
+# Rayleigh-Ritz eigensolver (LLaVA-NeXT sizes), whose 128 x 128 fp64 matrix alone fills half an
+# SM's register file; ptxas spills 120 B (triton 3.6.0) and 244 B (3.9.0) at 16 warps
+SPILL_BOUNDS = {"_jacobi_eigh_kernel[K=128,": 512}
 
 
 def compile_report(*erank_methods: str) -> list[str]:
@@ -44,8 +45,9 @@ def assert_fits_an_h100(lines: list[str]) -> None:
     for line in lines:
         shared = int(re.search(r"shared (\d+) B", line).group(1))
         assert shared <= H100_SHARED_BYTES, f"shared memory beyond an H100's: {line}"
-        if "BLOCK_N=4096" not in line:
-            assert re.search(r"\b0 bytes spill stores", line), f"register spills: {line}"
+        spilled = int(re.search(r"(\d+) bytes spill stores", line).group(1))
+        bound = next((b for kernel, b in SPILL_BOUNDS.items() if line.split()[1].startswith(kernel)), 0)
+        assert spilled <= bound, f"register spills beyond {bound} B: {line}"
 
 
 def test_default_path_compiles_for_sm90():
@@ -57,6 +59,5 @@ def test_default_path_compiles_for_sm90():
 
 
 @pytest.mark.interpreter_full
-@pytest.mark.xfail(strict=True, reason="the fast erank's 128-column Jacobi and Lanczos kernels spill (issue 17)")
 def test_fast_erank_compiles_for_sm90():
     assert_fits_an_h100(compile_report("fast"))

@@ -13,6 +13,29 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 # interpreted, these tiles are slow and a native bf16 dot is wrong)
 GPU_CONFIG = not INTERPRETED or os.environ.get("ADA_VTP_GPU_CONFIG", "0") == "1"
 
+
+def _squeeze_interpreted_scalars() -> None:
+    """Let triton < 3.8's interpreter run our loops under numpy >= 2.4.
+
+    The interpreter holds a kernel's scalars (arguments, loaded lengths) as size-1 arrays and makes
+    them loop bounds with ``int(array)``, which numpy 2.4 turned into a TypeError, so every
+    ``range(0, n, BLOCK)`` over a run-time n fails (triton-lang/triton#9171; triton 3.8 squeezes
+    the array first).  Apply the same fix to the interpreter's tensor patch.
+    """
+    from triton.runtime import interpreter
+
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patch_tensor_squeezed(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patch_tensor_squeezed
+
+
+if INTERPRETED and tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 8):
+    _squeeze_interpreted_scalars()
+
 # Every launch passes this: no fused multiply-adds, so products and sums round separately as in
 # the reference and the C++ kernels (built with -ffp-contract=off); fp64 DPP state and the
 # erank's sums then follow the same arithmetic on every backend.  (Triton 3.9 fuses by default

@@ -13,8 +13,10 @@ from V = I; λ = 2^e diag(A).
   number of players (player k is a dummy when k is odd: its zero row makes its rotations identities;
   the padding slots >= NP stay in place and pair among themselves, identities too).
   Every round pairs the slots (2t, 2t+1); between rounds the players move one step around the
-  table, slot 0 fixed: the rotation J and the move Π are one matrix M = J Π, A <- Mᵀ A M,
-  V <- V M, two ``tl.dot`` for A and one for V per round.  NP-1 rounds (one sweep) pair every
+  table, slot 0 fixed: with the rotation J and the move Π as one matrix M = J Π, A <- Mᵀ A M,
+  V <- V M.  J has two entries per column, so the rotation is elementwise on the column pairs
+  (O(KB²) a round, where a product by M would cost O(KB³) and hold a third KB² matrix in
+  registers), the move a gather of rows and columns.  NP-1 rounds (one sweep) pair every
   (p, q) exactly once and bring every player back to its own slot, so all masks are loop-invariant.
 - Rotation of a pair (p, q) = (2t, 2t+1), Golub & Van Loan 8.5: tau = (a_qq - a_pp) / (2 a_pq),
   t = sign(tau) / (|tau| + sqrt(1 + tau²)) (sign(0) = +1), c = 1 / sqrt(1 + t²), s = t c;
@@ -41,6 +43,14 @@ MAX_K = 128  # A, V and M of one matrix are held by one program (the 128-column 
 # Jacobi converges only linearly until clusters are resolved.
 MAX_SWEEPS = 24
 TOL = 1e-15  # off-diagonal Frobenius norm / Frobenius norm at which the sweeps stop
+
+
+@triton.jit
+def _rotate_column_pairs(x, c, s, KB: tl.constexpr):
+    """x J ([KB, KB]), J the rotations of the column pairs (2t, 2t+1) (J_pp = J_qq = c_t,
+    J_pq = s_t, J_qp = -s_t): column 2t <- c x_2t - s x_2t+1, column 2t+1 <- s x_2t + c x_2t+1."""
+    x_p, x_q = tl.split(tl.reshape(x, (KB, KB // 2, 2)))
+    return tl.reshape(tl.join(c[None, :] * x_p - s[None, :] * x_q, s[None, :] * x_p + c[None, :] * x_q), (KB, KB))
 
 
 @triton.jit
@@ -81,10 +91,11 @@ def _jacobi_eigh_kernel(
             idx,
             tl.where(idx == NP - 1, NP - 2, tl.where(idx == 2, 1, tl.where(idx % 2 == 0, idx - 2, idx + 2))),
         )
-    mate = idx ^ 1
-    upper = (col == mate[:, None]) & (row % 2 == 0)  # a_pq of pair (p, q) = (2t, 2t+1), in row p
-    rot_c = pi[None, :] == row  # M = J Pi: M_ij = J_{i pi(j)}
-    rot_s = pi[None, :] == mate[:, None]
+    # Π as the gather index of rows (and of columns, for V)
+    pi_rows = pi[:, None] + tl.zeros((KB, KB), tl.int32)
+    if VECTORS:
+        pi_cols = pi[None, :] + tl.zeros((KB, KB), tl.int32)
+    pairs = tl.arange(0, KB // 2)[:, None]
     annihilated = pi[None, :] == (pi ^ 1)[:, None]  # (Mᵀ A M)_ij with {pi(i), pi(j)} a pair
 
     fro2 = tl.sum(a * a)
@@ -93,9 +104,11 @@ def _jacobi_eigh_kernel(
     sweep = 0
     while (sweep < MAX_SWEEPS) & (off2 > TOL2 * fro2):
         for _round in range(NP - 1):
-            # a_pp, a_qq, a_pq of the KB/2 pairs (2t, 2t+1), by masked sums
-            app, aqq = tl.split(tl.reshape(tl.sum(tl.where(eye, a, 0.0), axis=1), (KB // 2, 2)))
-            apq = tl.split(tl.reshape(tl.sum(tl.where(upper, a, 0.0), axis=1), (KB // 2, 2)))[0]
+            # a_pp, a_qq, a_pq of the KB/2 pairs (p, q) = (2t, 2t+1), from rows p and q
+            row_p, row_q = tl.split(tl.permute(tl.reshape(a, (KB // 2, 2, KB)), (0, 2, 1)))
+            app = tl.sum(tl.where(col == 2 * pairs, row_p, 0.0), axis=1)
+            apq = tl.sum(tl.where(col == 2 * pairs + 1, row_p, 0.0), axis=1)
+            aqq = tl.sum(tl.where(col == 2 * pairs + 1, row_q, 0.0), axis=1)
 
             # pairs with |a_pq| <= 1e-150 max|A| are left alone (their a_pq is dropped below): then
             # |tau| <= 2e150 and tau² cannot overflow
@@ -105,17 +118,19 @@ def _jacobi_eigh_kernel(
             t = tl.where(tau >= 0, t, -t)
             c = tl.where(rotate, 1.0 / tl.sqrt(1.0 + t * t), 1.0)
             s = tl.where(rotate, t * c, 0.0)
-            c = tl.reshape(tl.join(c, c), (KB,))
-            s = tl.reshape(tl.join(s, -s), (KB,))  # J_pq = s, J_qp = -s
 
-            # one rotation of every pair and the move to the next round's slots: A <- Mᵀ A M
-            m = tl.where(rot_c, c[:, None], tl.where(rot_s, s[:, None], 0.0))
-            a = tl.dot(tl.trans(m), tl.dot(a, m))
-            # exact symmetry and exact zeros where the rotations annihilated: rounding noise of
-            # the cancellation would otherwise put a floor under the off-diagonal norm
+            # A <- Mᵀ A M, elementwise: J has two entries per column, and a product by M would hold
+            # a third KB² matrix in registers.  A J by columns; Jᵀ A J as the columns of
+            # (A J)ᵀ = Jᵀ A (A symmetric); then the move to the next round's slots, a gather of
+            # rows twice, the second time of the transpose: A' = (Π (Π Jᵀ A J)ᵀ)ᵀ
+            a = _rotate_column_pairs(tl.trans(_rotate_column_pairs(a, c, s, KB)), c, s, KB)
+            a = tl.gather(tl.trans(tl.gather(a, pi_rows, 0)), pi_rows, 0)
+            # exact symmetry (which also undoes the last transpose) and exact zeros where the
+            # rotations annihilated: rounding noise of the cancellation would otherwise put a
+            # floor under the off-diagonal norm
             a = tl.where(annihilated, 0.0, 0.5 * (a + tl.trans(a)))
             if VECTORS:
-                v = tl.dot(v, m)
+                v = tl.gather(_rotate_column_pairs(v, c, s, KB), pi_cols, 1)
         off2 = tl.sum(tl.where(eye, 0.0, a * a))
         sweep += 1
 
@@ -175,11 +190,11 @@ def jacobi_eigh(a: torch.Tensor, vectors: bool = True) -> tuple[torch.Tensor, to
         return w, v
     kb = max(16, triton.next_power_of_2(k))
     players = k + k % 2
-    # num_warps: ptxas (sm_90a) reports no spills for KB <= 32; KB = 64 with vectors spills ~1 KB
-    # per thread at 8 warps (255 registers), more at 4 or 16; KB = 128 (3 x 128² fp64 per program)
-    # runs from local memory: correct, slow, for the GPU pass issue to restructure
+    # num_warps: ptxas (sm_90a, triton 3.6 and 3.9) reports no spills with 2 warps up to KB = 32 and
+    # 16 at KB = 64; at KB = 128 A alone is half an SM's register file, and 16 warps spill 120-250 B
+    # per thread (tests/test_triton_compile.py bounds it)
     _jacobi_eigh_kernel[(batch,)](
         a, w, v if vectors else w, K=k, KB=kb, NP=players, MAX_SWEEPS=MAX_SWEEPS,
-        TOL2=TOL * TOL, VECTORS=vectors, num_warps=4 if kb == 16 else 8, **NO_FMA,
+        TOL2=TOL * TOL, VECTORS=vectors, num_warps=2 if kb <= 32 else 16, **NO_FMA,
     )
     return w, v

@@ -59,15 +59,16 @@ if not GPU_CONFIG:
     ABSMAX_BLOCK_N, ABSMAX_BLOCK_D = 128, 256
 else:
     APPLY_BLOCK_R, APPLY_BLOCK_K = 64, 32
-    ORTH_BLOCK_R, LANCZOS_BLOCK_R = 32, 32
+    ORTH_BLOCK_R, LANCZOS_BLOCK_R = 32, 16
     GRAM_BLOCK_G, GRAM_BLOCK_R = 32, 32
-    RESIDUAL_BLOCK_N, RESIDUAL_BLOCK_D = 64, 32
+    RESIDUAL_BLOCK_N, RESIDUAL_BLOCK_D = 32, 32
     ABSMAX_BLOCK_N, ABSMAX_BLOCK_D = 32, 128
-# the Lanczos kernel holds [C, P] and [S, BLOCK_R, P] fp64 accumulators: 8 warps keep them in
-# registers (ptxas for sm_90, 4 warps: 255 registers and a stack)
+# the Lanczos kernel holds [C, P] and [S, BLOCK_R, P] fp64 accumulators: 8 warps and 16-row tiles
+# keep them in registers at C = 128 (ptxas for sm_90: 32-row tiles spill 12 B under triton 3.9 and
+# 128 B under 3.6; 4 warps, 255 registers and a stack)
 LANCZOS_WARPS = 8
-# the residual kernel holds a [BLOCK_N, C] fp32 tile of B Qᵀ: at C = 128 triton 3.6 spills 6 KB with
-# 4 warps, 0.3 KB (fp16/bf16 inputs) with 8; triton 3.9 none
+# the residual kernel holds a [BLOCK_N, C] fp32 tile of B Qᵀ: at C = 128 and 64-token tiles triton 3.6
+# spills 6 KB with 4 warps and 0.3 KB (fp16/bf16 inputs) with 8; 32-token tiles and 8 warps, none
 RESIDUAL_WARPS = 8
 
 
