@@ -1,10 +1,10 @@
 """End-to-end time to first token and peak memory of a LLaVA-1.5 model (HF transformers'
-``LlavaForConditionalGeneration``) with and without `apply_ada_vtp`.
+``LlavaForConditionalGeneration``; LLaVA-NeXT with ``--next``) with and without `apply_ada_vtp`.
 
     python benchmarks/bench_e2e.py [--methods M ...] [--keeps K ...] [--batch B] [--repeats R]
                                    [--layers-vision L] [--layers-text L] [--hidden D] [--intermediate F]
                                    [--heads H] [--dtype {fp32,fp16,bf16}] [--device {auto,cpu,cuda}]
-                                   [--inference-mode] [--quick] [--csv PATH]
+                                   [--llava-7b] [--next] [--inference-mode] [--quick] [--csv PATH]
 
 What is measured, per case: K = 576 (the unpatched model: no pruning, the baseline) and
 K in {192, 128, 64} for each method of ``--methods`` (default: agile), the model patched by
@@ -61,6 +61,12 @@ fewer layers:
 ``--llava-7b`` sets LLaVA-1.5-7B's full shapes (24 vision layers, D = 4096, 11008, 32 heads, 32
 layers): for a GPU, e.g. ``python benchmarks/bench_e2e.py --llava-7b --dtype bf16``.
 
+``--next``: LLaVA-NeXT (``LlavaNextForConditionalGeneration``, LLaVA-NeXT's grid pinpoints) with
+one 672 x 672 image per row, its base view and 2 x 2 tiles: N = 5 x 576 = 2880 vision tokens and
+48 newlines in the prompt (the image fills its grid, so nothing is unpadded away); K counts the
+image's kept tokens, and the language model also sees the newline of every grid row that keeps
+one.  With ``--llava-7b`` these are LLaVA-NeXT-7B's shapes (the same CLIP tower and Vicuna-7B).
+
 Prompt: per row, BOS, 4 text tokens, the image's 576 placeholder tokens, the rest of the text:
 T = 31 text tokens in all (``flops.DEFAULT_TEXT_TOKENS``, the count that reproduces the
 AgilePruner paper's TFLOPs; ``--text-tokens``), random token ids; one random-normal 336 x 336
@@ -116,7 +122,10 @@ CSV_COLUMNS = ("op", "provider", "method", "B", "N", "D", "K", "metric", "unit",
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """The model's shape (LLaVA-1.5 with CLIP ViT-L/14-336 and a Llama language model) and dtype."""
+    """The model's shape (LLaVA-1.5 or LLaVA-NeXT with CLIP ViT-L/14-336 and a Llama language model)
+    and dtype."""
+
+    family: str = "llava"  # or "llava_next": a square image of 2 x 2 tiles plus the base view
 
     vision_layers: int = 4
     vision_width: int = 1024
@@ -133,10 +142,29 @@ class Shape:
 
     @property
     def patches(self) -> int:
+        """Patches of one tile (the base view)."""
         return (self.image_size // self.patch_size) ** 2
 
+    @property
+    def tiles(self) -> int:
+        """Tiles per side of the high-resolution grid (LLaVA-NeXT); 0 for LLaVA-1.5."""
+        return NEXT_GRID if self.family == "llava_next" else 0
+
+    @property
+    def tokens(self) -> int:
+        """N: one image's vision tokens, the pool pruned to K (LLaVA-NeXT: base view and grid)."""
+        return self.patches * (1 + self.tiles**2)
+
+    @property
+    def placeholders(self) -> int:
+        """One image's placeholder tokens in the prompt: N, plus LLaVA-NeXT's newline after each row
+        of the grid (the image fills the grid exactly, so nothing is unpadded away)."""
+        return self.tokens + self.tiles * (self.image_size // self.patch_size)
+
     def describe(self) -> str:
-        return (f"vision CLIP w{self.vision_width}/mlp{self.vision_intermediate}/h{self.vision_heads}/"
+        image = (f"LLaVA-NeXT {self.tiles * self.image_size}px image = base view + {self.tiles}x{self.tiles} tiles "
+                 f"({self.tokens} tokens + {self.placeholders - self.tokens} newlines); " if self.tiles else "")
+        return (image + f"vision CLIP w{self.vision_width}/mlp{self.vision_intermediate}/h{self.vision_heads}/"
                 f"{self.image_size}px/p{self.patch_size} ({self.patches} patches) x{self.vision_layers} layers "
                 f"(feature layer -2); projector {self.vision_width}->{self.hidden}->{self.hidden}; "
                 f"text Llama d{self.hidden}/ff{self.intermediate}/h{self.text_heads} x{self.text_layers} layers "
@@ -146,6 +174,7 @@ class Shape:
 QUICK_SHAPE = Shape(vision_layers=2, vision_width=64, vision_intermediate=128, vision_heads=4, image_size=168,
                     text_layers=2, hidden=64, intermediate=172, text_heads=4)
 LLAVA_7B = {"layers_vision": 24, "layers_text": 32, "hidden": 4096}
+NEXT_GRID = 2  # LLaVA-NeXT's 672 x 672 image: a 2 x 2 grid of 336 px tiles, 2880 tokens, 48 newlines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +207,14 @@ class Case:
 
 def build_model(shape: Shape, device: str):
     """LlavaForConditionalGeneration with random weights (seed 0), eval mode, on `device`."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+    )
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -189,12 +225,18 @@ def build_model(shape: Shape, device: str):
                        num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads,
                        num_key_value_heads=shape.text_heads, vocab_size=shape.vocab, pad_token_id=PAD,
                        bos_token_id=BOS, eos_token_id=2, max_position_embeddings=4096, rms_norm_eps=1e-5)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    common = dict(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, vision_feature_layer=-2,
+                  vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    if shape.family == "llava_next":
+        side = shape.image_size  # LLaVA-NeXT's pinpoints, in tiles
+        pinpoints = [[side, 2 * side], [2 * side, side], [2 * side, 2 * side], [3 * side, side], [side, 3 * side]]
+        config = LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
+        model_class = LlavaNextForConditionalGeneration
+    else:
+        config, model_class = LlavaConfig(**common), LlavaForConditionalGeneration
     torch.manual_seed(0)
     with torch.device(device):  # initialised where it runs: a 7B model never exists in fp32 on the host
-        model = LlavaForConditionalGeneration._from_config(config, dtype=DTYPES[shape.dtype],
-                                                            attn_implementation="sdpa")
+        model = model_class._from_config(config, dtype=DTYPES[shape.dtype], attn_implementation="sdpa")
     model.eval()
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = None  # one token is generated whatever it is
@@ -203,17 +245,22 @@ def build_model(shape: Shape, device: str):
 
 def make_prompt(shape: Shape, batch: int, text_tokens: int, device: str) -> dict:
     """generate's inputs: per row BOS, text, the image's placeholders, more text (`text_tokens`
-    non-image tokens in all, BOS included); one random-normal image per row."""
+    non-image tokens in all, BOS included); one random-normal image per row (LLaVA-NeXT: its base
+    view and grid tiles, and its size)."""
     if text_tokens < TEXT_BEFORE_IMAGE + 1:
         raise ValueError(f"--text-tokens {text_tokens}: need at least {TEXT_BEFORE_IMAGE + 1}")
     gen = torch.Generator().manual_seed(1)
     text = torch.randint(2, IMAGE_TOKEN, (batch, text_tokens - 1), generator=gen)
-    image = torch.full((batch, shape.patches), IMAGE_TOKEN)
+    image = torch.full((batch, shape.placeholders), IMAGE_TOKEN)
     input_ids = torch.cat([torch.full((batch, 1), BOS), text[:, :TEXT_BEFORE_IMAGE], image,
                            text[:, TEXT_BEFORE_IMAGE:]], dim=1)
-    pixels = torch.randn(batch, 3, shape.image_size, shape.image_size, generator=gen)
-    return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
-            "pixel_values": pixels.to(device, DTYPES[shape.dtype])}
+    views = (1 + shape.tiles**2,) if shape.tiles else ()
+    pixels = torch.randn(batch, *views, 3, shape.image_size, shape.image_size, generator=gen)
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
+              "pixel_values": pixels.to(device, DTYPES[shape.dtype])}
+    if shape.tiles:
+        inputs["image_sizes"] = torch.tensor([[shape.tiles * shape.image_size] * 2] * batch, device=device)
+    return inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +440,7 @@ def table(results: list[tuple[Case, dict]], base: dict) -> str:
     lines = [header]
     for case, r in results:
         ttft = _common.Timing(**r["ttft"])
-        lines.append((str(case.keep or case.shape.patches), case.method, str(r["lm_tokens"]), str(r["lm_head_rows"]),
+        lines.append((str(case.keep or case.shape.tokens), case.method, str(r["lm_tokens"]), str(r["lm_head_rows"]),
                       fmt(ttft.p50) + ("!" if ttft.contended else ""), ratio(ttft.p50, base["ttft"]["p50"]),
                       fmt(r["peak_mem_mib"]), ratio(r["peak_mem_mib"], base["peak_mem_mib"]),
                       "-" if r["peak_alloc_mib"] is None else fmt(r["peak_alloc_mib"]),
@@ -410,7 +457,7 @@ def csv_rows(results: list[tuple[Case, dict]], base: dict, env: dict) -> list[di
     for case, r in results:
         ttft = _common.Timing(**r["ttft"])
         common = dict(op="e2e_ttft", provider="hf_unpatched" if case.keep is None else "ada_vtp", method=case.method,
-                      B=case.batch, N=case.shape.patches, D=case.shape.hidden, K=case.keep or case.shape.patches,
+                      B=case.batch, N=case.shape.tokens, D=case.shape.hidden, K=case.keep or case.shape.tokens,
                       lm_tokens=r["lm_tokens"], lm_head_rows=r["lm_head_rows"], repeats=ttft.repeats,
                       contention=f"{ttft.contention:.3f}",
                       grad_mode="inference_mode" if case.inference_mode else "bare",
@@ -444,7 +491,10 @@ def parse_args(argv):
     parser.add_argument("--hidden", type=int, default=None, help="Llama width (default 2048; LLaVA-1.5-7B: 4096)")
     parser.add_argument("--intermediate", type=int, default=None, help="Llama MLP width (default hidden * 43 / 16)")
     parser.add_argument("--heads", type=int, default=None, help="Llama heads (default hidden / 128)")
-    parser.add_argument("--llava-7b", action="store_true", help="LLaVA-1.5-7B's layer counts and widths")
+    parser.add_argument("--llava-7b", action="store_true",
+                        help="LLaVA-1.5-7B's layer counts and widths (with --next: LLaVA-NeXT-7B's, the same)")
+    parser.add_argument("--next", action="store_true",
+                        help="LLaVA-NeXT: one 2x2-tile image per row (base view + grid: 5 x 576 tokens, 48 newlines)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on CPU, fp16 on CUDA")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     parser.add_argument("--inference-mode", action="store_true", help="wrap generate in torch.inference_mode()")
@@ -467,8 +517,9 @@ def shape_of(args, device: str) -> Shape:
     intermediate = args.intermediate or (hidden * 43 // 16 if customised else base.intermediate)
     heads = args.heads or (max(hidden // 128, 1) if customised else base.text_heads)
     dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
-    return dataclasses.replace(base, vision_layers=layers_vision, text_layers=layers_text, hidden=hidden,
-                               intermediate=intermediate, text_heads=heads, dtype=dtype)
+    return dataclasses.replace(base, family="llava_next" if args.next else "llava", vision_layers=layers_vision,
+                               text_layers=layers_text, hidden=hidden, intermediate=intermediate, text_heads=heads,
+                               dtype=dtype)
 
 
 class OthersShare:
@@ -504,8 +555,8 @@ def main(argv=None) -> int:
         if method not in spec.METHODS:
             raise SystemExit(f"--methods {method}: expected one of {', '.join(spec.METHODS)}")
     for keep in keeps:
-        if not 1 <= keep <= shape.patches:
-            raise SystemExit(f"--keeps {keep}: expected 1..{shape.patches}")
+        if not 1 <= keep <= shape.tokens:
+            raise SystemExit(f"--keeps {keep}: expected 1..{shape.tokens}")
     repeats = args.repeats or (2 if args.quick else 10 if cuda else 3)
     csv_path = args.csv or (None if args.quick else default_csv_path(device))
     threads = args.threads if args.threads is not None else (1 if args.quick else 0)
@@ -516,8 +567,8 @@ def main(argv=None) -> int:
     print(f"ada_vtp end-to-end benchmark: {env['device']} ({device}), {os.cpu_count()} cores, torch "
           f"{env['torch_version']} ({torch.get_num_threads()} threads), transformers {env['transformers_version']}, "
           f"git {env['git_sha']}, {env['timestamp']}")
-    print(f"model: LLaVA-1.5 shapes, {shape.describe()}")
-    print(f"prompt: batch {args.batch}, {shape.patches} visual + {args.text_tokens} text tokens per row; generate "
+    print(f"model: {'LLaVA-NeXT' if shape.tiles else 'LLaVA-1.5'} shapes, {shape.describe()}")
+    print(f"prompt: batch {args.batch}, {shape.placeholders} visual + {args.text_tokens} text tokens per row; generate "
           f"max_new_tokens=1 ({'inside torch.inference_mode()' if args.inference_mode else 'bare call'}); "
           f"C++ op {'loaded' if ops.extension_loaded() else 'NOT built (the pure-PyTorch path runs)'}")
 
@@ -543,7 +594,7 @@ def main(argv=None) -> int:
                 return 1
             continue
         results.append((c, r))
-        print(f"  {time.strftime('%H:%M:%S')} K={c.keep or shape.patches} {c.method}: TTFT "
+        print(f"  {time.strftime('%H:%M:%S')} K={c.keep or shape.tokens} {c.method}: TTFT "
               f"{r['ttft']['p50']:.1f} ms, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     base = results[0][1]
     print(f"weights: {base['weights_mib']:.0f} MiB; peak: "
@@ -553,7 +604,7 @@ def main(argv=None) -> int:
     print(table(results, base))
     print(f"TTFT: median of {repeats} generate(max_new_tokens=1) calls after 1 warm-up"
           f"{' (quick: no contention retries)' if args.quick else ''}; _x: ratio to the unpatched model (K="
-          f"{shape.patches}); '!': other processes used > {_common.CONTENTION_LIMIT:.0%} of the CPU meanwhile, "
+          f"{shape.tokens}); '!': other processes used > {_common.CONTENTION_LIMIT:.0%} of the CPU meanwhile, "
           f"even after retries.  peak_MiB: the forward's peak memory above the model and inputs"
           + ("." if cuda else " (RSS); alloc_MiB: the peak of torch's CPU allocator in one more call (profiler)."))
     wide = [f"K={c.keep} {c.method}" for c, r in results if c.keep is not None and r["lm_head_rows"] > 1]

@@ -70,3 +70,21 @@ def test_bench_e2e_quick(tmp_path):
         assert all(int(r["lm_tokens"]) == unpruned - (N - keep) for r in metrics.values())
         assert all(r["N"] == str(N) and r["B"] == "1" for r in metrics.values())
     assert len(records) == 4 * len(KEEPS)
+
+
+@pytest.mark.requires_ext
+def test_bench_e2e_quick_llava_next(tmp_path):
+    """--next: the image is a base view and 2 x 2 tiles; the unpatched language model sees every
+    vision token and a newline per grid row, the patched one K tokens and the newlines of the rows
+    that keep one."""
+    shape = bench_e2e.dataclasses.replace(bench_e2e.QUICK_SHAPE, family="llava_next")
+    side = shape.image_size // shape.patch_size
+    assert (shape.tokens, shape.placeholders) == (5 * N, 5 * N + 2 * side)
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--next", "--keeps", "48", "16", "--csv",
+                          str(tmp_path / "e2e.csv")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = table_rows(run.stdout)
+    assert sorted(rows) == [16, 48, shape.tokens], run.stdout
+    assert int(rows[shape.tokens]["LM_tokens"]) == shape.placeholders + TEXT
+    for keep in (16, 48):
+        assert TEXT + keep <= int(rows[keep]["LM_tokens"]) <= TEXT + keep + 2 * side, rows[keep]

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "gpu_check.sh"
-STAGES = ["install", "versions", "tests", "bench_gpu_576", "bench_e2e"]
+STAGES = ["install", "versions", "tests", "bench_gpu_576", "bench_e2e", "bench_e2e_next"]
 
 
 @pytest.mark.slow
@@ -32,3 +32,4 @@ def test_dry_run_passes_every_stage(tmp_path):
     assert not failed and run.returncode == 0, failed
     assert "torch" in (tmp_path / "versions.log").read_text()
     assert (tmp_path / "e2e_cpu-dry-run.csv").stat().st_size > 0
+    assert (tmp_path / "e2e_cpu-dry-run_next.csv").stat().st_size > 0
