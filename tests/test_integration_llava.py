@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
 import ada_vtp_kernels as vtp  # noqa: E402
+from ada_vtp_kernels import functional  # noqa: E402
 from ada_vtp_kernels.integrations import (  # noqa: E402
     apply_ada_vtp,
     last_prune_result,
@@ -103,6 +104,39 @@ def test_language_model_sees_k_tokens_per_image(method):
     result = last_prune_result(model)
     assert result.indices.shape == (2, 5)
     assert torch.all(result.indices[:, 1:] > result.indices[:, :-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models(dtype, monkeypatch):
+    """The dtypes a GPU runs the model in (fp16 or bf16 weights and pixels), here on the CPU: keep = N
+    equals the unpatched model token for token; pruned, the language model sees K tokens per image
+    and the op got the tower's half-precision features."""
+    model = tiny_llava().to(dtype)
+    input_ids, mask = prompts([1, 1], [5, 9])
+    pixels = torch.randn(2, 3, 56, 56).to(dtype)
+    want = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE)
+    apply_ada_vtp(model, keep=PATCHES, method="agile")
+    assert torch.equal(model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE),
+                       want)
+    remove_ada_vtp(model)
+    prune, seen_dtypes = functional.prune, []
+
+    def recording_prune(features, scores, *args, **kwargs):
+        seen_dtypes.append((features.dtype, scores.dtype))
+        return prune(features, scores, *args, **kwargs)
+
+    monkeypatch.setattr(functional, "prune", recording_prune)
+    for method in ("attention", "agile"):
+        apply_ada_vtp(model, keep=5, method=method)
+        seen, handle = count_language_tokens(model)
+        model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE)
+        handle.remove()
+        assert seen[0] == input_ids.shape[1] - (PATCHES - 5)
+        result = last_prune_result(model)
+        assert result.indices.shape == (2, 5)
+        assert method == "attention" or torch.isfinite(result.erank).all()
+        remove_ada_vtp(model)
+    assert seen_dtypes == [(dtype, torch.float32)] * 2  # the [CLS] attention is computed in fp32
 
 
 def test_rows_with_different_image_counts_are_repadded():
