@@ -2,6 +2,7 @@
 process) prints a row for every K, writes the CSV, and the language model sees K visual tokens."""
 
 import csv
+import dataclasses
 import subprocess
 import sys
 import time
@@ -77,7 +78,7 @@ def test_bench_e2e_quick_llava_next(tmp_path):
     """--next: the image is a base view and 2 x 2 tiles; the unpatched language model sees every
     vision token and a newline per grid row, the patched one K tokens and the newlines of the rows
     that keep one."""
-    shape = bench_e2e.dataclasses.replace(bench_e2e.QUICK_SHAPE, family="llava_next")
+    shape = dataclasses.replace(bench_e2e.QUICK_SHAPE, family="llava_next")
     side = shape.image_size // shape.patch_size
     assert (shape.tokens, shape.placeholders) == (5 * N, 5 * N + 2 * side)
     run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--next", "--keeps", "48", "16", "--csv",

@@ -79,46 +79,27 @@ def test_cls_attention_equals_eager_row():
                                  out.attentions[block][:, :, 0, 1:].mean(dim=1), label=f"block {block}")
 
 
-def test_keep_all_tokens_equals_unpatched():
-    model = tiny_llava()
+# fp32, and the dtypes a GPU runs the model in (fp16 or bf16 weights and pixels), here on the CPU
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_keep_all_tokens_equals_unpatched(dtype):
+    model = tiny_llava().to(dtype)
     input_ids, mask = prompts([1, 1], [5, 9])
-    pixels = torch.randn(2, 3, 56, 56)
+    pixels = torch.randn(2, 3, 56, 56).to(dtype)
     want = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE)
     apply_ada_vtp(model, keep=PATCHES, method="agile")
     got = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE)
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["attention", "agile", "divprune", "dpp", "mix_adaptive"])
-def test_language_model_sees_k_tokens_per_image(method):
-    model = tiny_llava()
+def test_language_model_sees_k_tokens_per_image(method, dtype, monkeypatch):
+    model = tiny_llava().to(dtype)
     input_ids, mask = prompts([1, 1], [4, 11])
     apply_ada_vtp(model, keep=5, method=method)
-    seen, handle = count_language_tokens(model)
-    out = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 56, 56),
-                         **GENERATE)
-    handle.remove()
-    assert seen[0] == input_ids.shape[1] - (PATCHES - 5)  # prefill: each row's one image shrank by N - K
-    assert all(length == 1 for length in seen[1:])  # decoding
-    assert out.shape == (2, seen[0] + GENERATE["max_new_tokens"])
-    result = last_prune_result(model)
-    assert result.indices.shape == (2, 5)
-    assert torch.all(result.indices[:, 1:] > result.indices[:, :-1])
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_models(dtype, monkeypatch):
-    """The dtypes a GPU runs the model in (fp16 or bf16 weights and pixels), here on the CPU: keep = N
-    equals the unpatched model token for token; pruned, the language model sees K tokens per image
-    and the op got the tower's half-precision features."""
-    model = tiny_llava().to(dtype)
-    input_ids, mask = prompts([1, 1], [5, 9])
-    pixels = torch.randn(2, 3, 56, 56).to(dtype)
-    want = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE)
-    apply_ada_vtp(model, keep=PATCHES, method="agile")
-    assert torch.equal(model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE),
-                       want)
-    remove_ada_vtp(model)
     prune, seen_dtypes = functional.prune, []
 
     def recording_prune(features, scores, *args, **kwargs):
@@ -126,17 +107,19 @@ def test_half_precision_models(dtype, monkeypatch):
         return prune(features, scores, *args, **kwargs)
 
     monkeypatch.setattr(functional, "prune", recording_prune)
-    for method in ("attention", "agile"):
-        apply_ada_vtp(model, keep=5, method=method)
-        seen, handle = count_language_tokens(model)
-        model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, **GENERATE)
-        handle.remove()
-        assert seen[0] == input_ids.shape[1] - (PATCHES - 5)
-        result = last_prune_result(model)
-        assert result.indices.shape == (2, 5)
-        assert method == "attention" or torch.isfinite(result.erank).all()
-        remove_ada_vtp(model)
-    assert seen_dtypes == [(dtype, torch.float32)] * 2  # the [CLS] attention is computed in fp32
+    seen, handle = count_language_tokens(model)
+    out = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(2, 3, 56, 56).to(dtype),
+                         **GENERATE)
+    handle.remove()
+    assert seen_dtypes == [(dtype, torch.float32)]  # the tower's features; the [CLS] attention is fp32
+    assert seen[0] == input_ids.shape[1] - (PATCHES - 5)  # prefill: each row's one image shrank by N - K
+    assert all(length == 1 for length in seen[1:])  # decoding
+    assert out.shape == (2, seen[0] + GENERATE["max_new_tokens"])
+    result = last_prune_result(model)
+    assert result.indices.shape == (2, 5)
+    assert torch.all(result.indices[:, 1:] > result.indices[:, :-1])
+    if method in ("agile", "mix_adaptive"):
+        assert torch.isfinite(result.erank).all()
 
 
 def test_rows_with_different_image_counts_are_repadded():
