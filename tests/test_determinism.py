@@ -12,6 +12,7 @@ import torch
 from hypothesis import given
 
 import ada_vtp_kernels as vtp
+from ada_vtp_kernels import spec
 
 from support.data import exact_features
 from support.strategies import examples, prune_cases
@@ -95,3 +96,21 @@ def test_triton_same_bits_run_to_run():
         first, again = (vtp.prune(x, s, 9, method, lengths=lengths, erank_method="exact", compute_erank=True,
                                   backend="triton") for _ in range(2))
         assert_identical(again, first, method)
+
+
+@pytest.mark.parametrize("erank_method", ["exact", "fast"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_inference_mode_gives_the_same_bits(batch, erank_method):
+    """Under torch.inference_mode (vLLM's encoder, any serving code) the inputs are inference
+    tensors; the op's worker threads must run in the caller's mode (csrc/cpu/parallel.h).  One
+    image of more than one Gram block (96 rows) on two threads is the case that once failed."""
+    g = torch.Generator().manual_seed(5)
+    features, scores = torch.randn(batch, 200, 128, generator=g), torch.rand(batch, 200, generator=g)
+    with num_threads(2):
+        for method in spec.METHODS:
+            want = vtp.prune(features, scores, 24, method, backend="cpu", compute_erank=True,
+                             erank_method=erank_method)
+            with torch.inference_mode():
+                got = vtp.prune(features.clone(), scores.clone(), 24, method, backend="cpu", compute_erank=True,
+                                erank_method=erank_method)
+            assert_identical(got, want, f"{method}, batch {batch}")

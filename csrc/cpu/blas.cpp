@@ -1,7 +1,8 @@
 #include "blas.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+
+#include "parallel.h"
 
 namespace ada_vtp::cpu::blas {
 namespace {
@@ -21,7 +22,7 @@ int64_t tiles(int64_t size, int64_t tile) { return (size + tile - 1) / tile; }
 void tiled_addmm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta, double alpha) {
   const int64_t m = out.size(0), n = out.size(1);
   const int64_t tiles_m = tiles(m, kTileRows), tiles_n = tiles(n, kTileCols);
-  at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_with_state(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
     with_one_blas_thread([&] {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t r0 = (t / tiles_n) * kTileRows, c0 = (t % tiles_n) * kTileCols;
@@ -50,7 +51,7 @@ at::Tensor gram_lower_fp64(const at::Tensor& a) {
   const int64_t r = a.size(0);
   const auto a64 = a.to(at::kDouble);
   auto out = at::empty({r, r}, a64.options());
-  at::parallel_for(0, tiles(r, kGramRows), 1, [&](int64_t begin, int64_t end) {
+  parallel_for_with_state(0, tiles(r, kGramRows), 1, [&](int64_t begin, int64_t end) {
     with_one_blas_thread([&] {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t r0 = block * kGramRows, rows = std::min(kGramRows, r - r0);

@@ -11,6 +11,7 @@
 #include "../ops.h"
 #include "../spec.h"
 #include "erank_fast.h"
+#include "parallel.h"
 #include "image.h"
 #include "select.h"
 
@@ -87,7 +88,7 @@ at::Tensor erank_cpu(const at::Tensor& features_in, const at::Tensor& lengths, i
   // thread (inside a parallel_for they would run on one)
   const bool by_image = static_cast<spec::ErankMethod>(method) == spec::ErankMethod::kFast &&
                         batch < at::get_num_threads();
-  at::parallel_for(0, batch, by_image ? batch : 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for_with_state(0, batch, by_image ? batch : 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) o[b] = erank_of(cpu::rescale(features[b].narrow(0, 0, len[b])), method);
   });
   return out;
@@ -124,7 +125,7 @@ at::Tensor select_cpu(const at::Tensor& features_in, const at::Tensor& order, co
   if (relevance.has_value()) relevance32 = relevance->detach().to(at::kFloat).contiguous();
   const int64_t* len = lengths.data_ptr<int64_t>();
   auto indices = at::empty({batch, keep}, features.options().dtype(at::kLong));
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for_with_state(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const float* r = relevance32.defined() ? relevance32.data_ptr<float>() + b * n : nullptr;
       auto chosen = select_one(p, features[b].narrow(0, 0, len[b]), order_c.data_ptr<int64_t>() + b * n, len[b],
