@@ -64,8 +64,8 @@ layers): for a GPU, e.g. ``python benchmarks/bench_e2e.py --llava-7b --dtype bf1
 ``--next``: LLaVA-NeXT (``LlavaNextForConditionalGeneration``, LLaVA-NeXT's grid pinpoints) with
 one 672 x 672 image per row, its base view and 2 x 2 tiles: N = 5 x 576 = 2880 vision tokens and
 48 newlines in the prompt (the image fills its grid, so nothing is unpadded away); K counts the
-image's kept tokens, and the language model also sees the newline of every grid row that keeps
-one.  With ``--llava-7b`` these are LLaVA-NeXT-7B's shapes (the same CLIP tower and Vicuna-7B).
+image's kept tokens, and the language model also sees the newline of every grid row (48).  With
+``--llava-7b`` these are LLaVA-NeXT-7B's shapes (the same CLIP tower and Vicuna-7B).
 
 Prompt: per row, BOS, 4 text tokens, the image's 576 placeholder tokens, the rest of the text:
 T = 31 text tokens in all (``flops.DEFAULT_TEXT_TOKENS``, the count that reproduces the

@@ -107,23 +107,23 @@ def count_language_tokens(model):
     return seen, handle
 
 
-def kept_rows(indices: torch.Tensor, size) -> int:
-    """k_i: the grid rows holding at least one of the kept pool indices."""
+def rows_keeping_a_token(indices: torch.Tensor, size) -> int:
+    """The grid rows holding at least one of the kept pool indices."""
     grid_indices = indices[indices >= BASE] - BASE
     return len(torch.unique(grid_indices // grid(size)[1]))
 
 
 def packed_positions(indices: torch.Tensor, size) -> list[int]:
-    """The packed-sequence positions that survive: the kept tokens and the newline of each row
-    that keeps one (base view first, then rows of `columns` tokens and a newline)."""
-    columns = grid(size)[1]
-    positions = set()
+    """The packed-sequence positions that survive: the kept tokens and the newline of every row
+    (base view first, then rows of `columns` tokens and a newline)."""
+    rows, columns = grid(size)
+    positions = {BASE + row * (columns + 1) + columns for row in range(rows)}
     for p in indices.tolist():
         if p < BASE:
             positions.add(p)
         else:
             row, column = divmod(p - BASE, columns)
-            positions |= {BASE + row * (columns + 1) + column, BASE + row * (columns + 1) + columns}
+            positions.add(BASE + row * (columns + 1) + column)
     return sorted(positions)
 
 
@@ -141,7 +141,9 @@ def test_keep_all_tokens_equals_unpatched(size):
 
 
 @pytest.mark.parametrize("method", ["attention", "agile", "divprune", "dpp", "mix_adaptive"])
-def test_language_model_sees_k_tokens_and_kept_rows_newlines(method):
+def test_language_model_sees_k_tokens_and_every_rows_newline(method):
+    """Image i reaches the language model as K + r_i tokens whatever the method selects: the
+    count depends on the image size only, as a serving engine needs it before encoding."""
     keep = 7
     model = tiny_llava_next()
     images = [[(40, 100), (56, 56)], [(100, 70)]]
@@ -154,16 +156,17 @@ def test_language_model_sees_k_tokens_and_kept_rows_newlines(method):
     assert result.indices.shape == (3, keep)
     assert torch.all(result.indices[:, 1:] > result.indices[:, :-1])
     sizes = [size for row in images for size in row]
-    shrink = [placeholders(size) - keep - kept_rows(result.indices[i], size) for i, size in enumerate(sizes)]
+    shrink = [placeholders(size) - keep - grid(size)[0] for size in sizes]
     lengths = inputs["attention_mask"].sum(dim=1) - torch.tensor([shrink[0] + shrink[1], shrink[2]])
-    assert seen[0] == int(lengths.max())  # prefill: each image shrank to K + its kept rows
+    assert seen[0] == int(lengths.max())  # prefill: each image shrank to K + its grid rows
     assert all(length == 1 for length in seen[1:])  # decoding
     assert out.shape == (2, seen[0] + GENERATE["max_new_tokens"])
 
 
 def test_scattered_sequence_is_the_models_packed_sequence_at_the_kept_slots():
     """What the language model receives for each image: the unpatched model's packed features
-    (base view, unpadded rows, newline after each row) at exactly the surviving positions."""
+    (base view, unpadded rows, newline after each row) at exactly the surviving positions: the
+    kept tokens and every row's newline, also that of a row that keeps no token."""
     model = tiny_llava_next()
     images = [[(100, 70)], [(40, 100)]]
     inputs = prompts(images, [6, 3])
@@ -180,7 +183,7 @@ def test_scattered_sequence_is_the_models_packed_sequence_at_the_kept_slots():
     indices = last_prune_result(model).indices
     sizes = [row[0] for row in images]
     assert bool((indices < BASE).any()) and bool((indices >= BASE).any())  # base view and grid tokens
-    assert kept_rows(indices[0], sizes[0]) < grid(sizes[0])[0]  # some rows lose their newline
+    assert rows_keeping_a_token(indices[0], sizes[0]) < grid(sizes[0])[0]  # some row keeps just its newline
     for i, size in enumerate(sizes):
         kept = packed_positions(indices[i], size)
         assert_within_fp32_error(captured[0][i], exact[i][kept], full[i][kept], label=f"image {i}")
@@ -238,9 +241,8 @@ def test_forward_with_labels_and_remove_restores():
     out.loss.backward()  # the kept tokens and the newline embedding keep their gradient
     assert model.model.multi_modal_projector.linear_1.weight.grad is not None
     assert model.model.image_newline.grad is not None
-    indices = last_prune_result(model).indices
-    shrink = [placeholders(size) - 4 - kept_rows(indices[i], size) for i in range(2)]
-    assert out.logits.shape[1] == int((inputs["attention_mask"].sum(dim=1) - torch.tensor(shrink)).max())
+    shrink = placeholders(size) - 4 - grid(size)[0]
+    assert out.logits.shape[1] == int(inputs["attention_mask"].sum(dim=1).max()) - shrink
     with pytest.raises(RuntimeError, match="already applied"):
         apply_ada_vtp(model, keep=4)
     remove_ada_vtp(model)

@@ -1,6 +1,6 @@
 """LLaVA-NeXT in HF transformers (``LlavaNextForConditionalGeneration``): prune each image's visual
-tokens to K (plus the newline tokens of the rows that keep a token) before the language model sees
-them.
+tokens to K (plus the newline token of each row of its high-resolution grid) before the language
+model sees them.
 
 LLaVA-NeXT encodes an image as several 336 px tiles: a base view of the whole image, then the tiles
 of a high-resolution grid (``image_grid_pinpoints``).  The model packs an image's tokens as: the
@@ -28,17 +28,21 @@ everything else through):
    across tiles: each is a share of its own tile's [CLS] softmax, so a token of a uniformly
    attended tile scores 1/(h·w + 1) in every tile;
 4. the projector on the K kept tokens, in ascending pool order (the packed order), and
-   **newline tokens: kept for the rows that keep a token.**  A row's ``image_newline`` goes right
-   after the row's last kept token; a row that keeps none loses its newline.  The newline still
-   means what the model learned ("the tokens since the previous newline are one image row, left
-   to right": pruning removes tokens from a row but never moves one to another row), and keep =
-   N_i is then exactly the unpatched model's input.  Dropping every newline would change the
-   input even without pruning; counting newlines in K would make the selection depend on itself.
-   The cost: image i reaches the language model as K + k_i tokens, k_i the number of grid rows
-   that keep at least one token (0 <= k_i <= min(K, r_i); spread-out methods such as divprune
-   keep more rows than attention);
+   **newline tokens: every grid row keeps its own.**  Each row of the unpadded grid keeps its
+   ``image_newline``, right after the row's kept tokens (a row that keeps none is just its
+   newline), so image i reaches the language model as K + r_i tokens.  The count must be known
+   before the image is encoded: a serving engine that allocates the KV cache from the prompt
+   (vLLM: `ada_vtp_kernels.integrations.vllm.llava_next`) sizes the prompt, its cache blocks and
+   positions from the processor's placeholder count, which can depend on the image size but not on
+   the selection; keeping only the newlines of the rows that keep a token would make it depend on
+   the selection.  The newline still marks where each image row ends ("the tokens since the
+   previous newline are one image row, left to right": pruning removes tokens from a row but never
+   moves one to another row), and keep = N_i is exactly the unpatched model's input.  Dropping
+   every newline would change the input even without pruning; counting newlines in K would make
+   the selection depend on itself.  The cost: r_i tokens per image beyond K (at most 72 with
+   LLaVA-v1.6's pinpoints: three 336 px tiles of 24 rows);
 5. those sequences handed to the model as ``mm_encoder_outputs``, and each image's run of
-   N_i + r_i placeholders in ``input_ids`` (and ``attention_mask``, ``labels``) shrunk to K + k_i,
+   N_i + r_i placeholders in ``input_ids`` (and ``attention_mask``, ``labels``) shrunk to K + r_i,
    rows re-padded on their padding side; position ids follow from the shrunk mask as usual.
 
 `last_prune_result` gives indices [I, K] into each image's pool (0 .. h·w − 1: the base view;
@@ -50,20 +54,22 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from .. import functional
+from .. import functional, spec
 from ._common import Settings, feature_layer, image_token_keep_mask, install, take_inputs, uninstall, with_pruned_images
 from .llava import vision_features_and_scores
 
 NEWLINE = -1  # a newline slot in `packed_layouts`
 
 
-def image_tiles(config, pixel_values: torch.Tensor, image_sizes) -> tuple[torch.Tensor, list[int]]:
+def image_tiles(config, pixel_values: torch.Tensor | list[torch.Tensor], image_sizes
+                ) -> tuple[torch.Tensor, list[int]]:
     """The tiles the model encodes, as ``LlavaNextModel.get_image_features`` selects them.
 
     Args:
         config: the ``LlavaNextConfig``.
-        pixel_values: [I, max_tiles, 3, H, W] as the processor pads them, or [T, 3, H, W] (the
-            tiles of all images, concatenated).
+        pixel_values: [I, max_tiles, 3, H, W] as the processor pads them, a list of I
+            [tiles_i, 3, H, W] (vLLM's batch of images whose padded tile counts differ), or
+            [T, 3, H, W] (the tiles of all images, concatenated).
         image_sizes: [I, 2] (height, width) of each original image.
 
     Returns:
@@ -71,9 +77,9 @@ def image_tiles(config, pixel_values: torch.Tensor, image_sizes) -> tuple[torch.
     """
     counts = [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
               for size in image_sizes]
-    if pixel_values.dim() == 5:
-        if pixel_values.shape[0] != len(counts):
-            raise ValueError(f"pixel_values holds {pixel_values.shape[0]} images but image_sizes {len(counts)}; "
+    if isinstance(pixel_values, list) or pixel_values.dim() == 5:
+        if len(pixel_values) != len(counts):
+            raise ValueError(f"pixel_values holds {len(pixel_values)} images but image_sizes {len(counts)}; "
                              "expected one (height, width) per image")
         return torch.cat([tiles[:count] for tiles, count in zip(pixel_values, counts)]), counts
     if pixel_values.dim() == 4:
@@ -104,46 +110,45 @@ def packed_layouts(inner: nn.Module, counts: list[int], image_sizes, tokens_per_
     return [layout[:, 0] for layout in layouts]
 
 
-def with_newlines(kept: torch.Tensor, indices: torch.Tensor, layout: torch.Tensor, base_tokens: int,
-                  newline: torch.Tensor) -> torch.Tensor:
-    """One image's pruned sequence: its kept tokens with the newline of every row that keeps one.
+def with_newlines(kept: torch.Tensor, indices: torch.Tensor, layout: torch.Tensor, newline: torch.Tensor
+                  ) -> torch.Tensor:
+    """One image's pruned sequence: its kept tokens and every newline of its layout, in layout order.
 
     Args:
         kept: [K, D] the projected kept tokens, in ascending pool order.
         indices: [K] their ascending indices into the image's pool (its non-newline slots, in order).
         layout: [N + r] the image's packed layout (`packed_layouts`).
-        base_tokens: h·w, the base view's tokens, which open the layout and belong to no row.
         newline: [D] the ``image_newline`` embedding.
 
     Returns:
-        [K + k, D]: the slots of ``layout`` that survive, in layout order, k the rows keeping a token.
+        [K + r, D]: the slots of ``layout`` that survive (the kept tokens' and the r newlines').
     """
     is_newline = layout == NEWLINE
-    row = torch.cumsum(is_newline.long(), 0) - is_newline.long()  # a newline closes the row it ends
-    row[:base_tokens] = -1
-    positions = (~is_newline).nonzero().squeeze(1)[indices.to(layout.device)]
-    survives = torch.zeros_like(is_newline)
-    survives[positions] = True
-    survives |= is_newline & torch.isin(row, row[positions])
+    survives = is_newline.clone()
+    survives[(~is_newline).nonzero().squeeze(1)[indices.to(layout.device)]] = True
     slot_is_newline = is_newline[survives].to(kept.device)
     source = (torch.cumsum((~slot_is_newline).long(), 0) - 1).clamp(min=0)  # which kept token fills a slot
     return torch.where(slot_is_newline[:, None], newline.to(kept.dtype), kept[source])
 
 
-def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict
-                           ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """(per image the pruned sequence [K + k_i, D], placeholders per image N_i + r_i, K + k_i)."""
-    settings = model._ada_vtp
-    config = model.config
-    layer = feature_layer(config, kwargs)
-    image_sizes = kwargs.pop("image_sizes", None)
-    if image_sizes is None:
-        raise ValueError("LLaVA-NeXT needs image_sizes ([images, 2] original height, width), as the processor returns")
-    inner = model.model
-    tiles, counts = image_tiles(config, pixel_values, image_sizes)
-    features, scores = vision_features_and_scores(inner.vision_tower, tiles, layer)  # [T, h·w, C], [T, h·w]
+def pruned_sequences(settings: Settings, features: torch.Tensor, scores: torch.Tensor, layouts: list[torch.Tensor],
+                     projector: nn.Module, newline: torch.Tensor) -> tuple[list[torch.Tensor], spec.PruneResult]:
+    """Steps 2-4 above, shared with the vLLM plugin (`ada_vtp_kernels.integrations.vllm.llava_next`)
+    so that both prune alike: each image's pool, one batched ragged prune, the projector on the
+    kept tokens, every row's newline.
+
+    Args:
+        settings: K, the method and its parameters.
+        features: [T, h·w, C] the vision features of all tiles ([CLS] dropped), tile-major.
+        scores: [T, h·w] their [CLS] attention, each token's in its own tile.
+        layouts: per image its packed layout [N_i + r_i] (`packed_layouts`, or the vLLM model's own).
+        projector: the multimodal projector (per token, C -> D).
+        newline: [D] the ``image_newline`` embedding.
+
+    Returns:
+        (per image its sequence [K + r_i, D], the prune result: indices [I, K] into each pool).
+    """
     base_tokens = features.shape[1]
-    layouts = packed_layouts(inner, counts, image_sizes, base_tokens)
     pools = [layout[layout != NEWLINE] for layout in layouts]
     lengths = [len(pool) for pool in pools]
     if settings.keep > min(lengths):
@@ -156,10 +161,26 @@ def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict
     pool_scores = scores.flatten()[index]
     # the selection is not differentiable; the kept features keep their gradient (training)
     result = settings.prune(pool_features, pool_scores, torch.tensor(lengths, device=features.device))
-    kept = inner.multi_modal_projector(functional.gather(pool_features, result.indices))  # [I, K, D]
+    kept = projector(functional.gather(pool_features, result.indices))  # [I, K, D]
+    sequences = [with_newlines(kept[i], result.indices[i], layout, newline) for i, layout in enumerate(layouts)]
+    return sequences, result
+
+
+def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict
+                           ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(per image the pruned sequence [K + r_i, D], placeholders per image N_i + r_i, K + r_i)."""
+    config = model.config
+    layer = feature_layer(config, kwargs)
+    image_sizes = kwargs.pop("image_sizes", None)
+    if image_sizes is None:
+        raise ValueError("LLaVA-NeXT needs image_sizes ([images, 2] original height, width), as the processor returns")
+    inner = model.model
+    tiles, counts = image_tiles(config, pixel_values, image_sizes)
+    features, scores = vision_features_and_scores(inner.vision_tower, tiles, layer)  # [T, h·w, C], [T, h·w]
+    layouts = packed_layouts(inner, counts, image_sizes, features.shape[1])
+    sequences, result = pruned_sequences(model._ada_vtp, features, scores, layouts, inner.multi_modal_projector,
+                                         inner.image_newline)
     model._ada_vtp_last = result
-    sequences = [with_newlines(kept[i], result.indices[i], layout, base_tokens, inner.image_newline)
-                 for i, layout in enumerate(layouts)]
     runs = torch.tensor([len(layout) for layout in layouts])
     return sequences, runs, torch.tensor([len(sequence) for sequence in sequences])
 
