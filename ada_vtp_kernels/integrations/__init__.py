@@ -54,11 +54,7 @@ def apply_ada_vtp(model: nn.Module, keep: int, method: str = spec.DEFAULTS.metho
         ``model`` itself.  `last_prune_result` gives the latest selection (indices, erank, entropy).
     """
     module = _patcher(model)
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep = {keep!r}; expected an int >= 1")
-    if backend not in functional.BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(map(repr, functional.BACKENDS))}")
-    settings = Settings(keep, spec.PruneParams.of(method, **params), backend)
+    settings = Settings.of(keep, method, backend, **params)
     if hasattr(model, "_ada_vtp"):
         raise RuntimeError("apply_ada_vtp was already applied to this model; call remove_ada_vtp first")
     module.apply(model, settings)

@@ -24,6 +24,16 @@ class Settings:
     params: spec.PruneParams
     backend: str = "auto"
 
+    @classmethod
+    def of(cls, keep: int, method: str = spec.DEFAULTS.method, backend: str = "auto", **params) -> "Settings":
+        """Validated settings: K an int >= 1, a known backend, the method and its parameters as
+        `spec.PruneParams.of` checks them (what each image's token count bounds K by is checked
+        where the count is known)."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep = {keep!r}; expected an int >= 1")
+        functional._check_backend(backend)  # the name only: the device is not known yet
+        return cls(keep, spec.PruneParams.of(method, **params), backend)
+
     def prune(self, features: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor | None = None
               ) -> spec.PruneResult:
         """`functional.prune` of the vision features with these settings (the selection is not
@@ -125,13 +135,9 @@ def padding_side_of(attention_mask: torch.Tensor | None) -> str:
     return "right"
 
 
-def feature_layer(config, kwargs: dict) -> int:
-    """The ``vision_feature_layer`` of a LLaVA-style call (popped from kwargs, else the config's),
-    checked: one layer (an int) and the "default" select strategy ([CLS] dropped, its attention
-    scoring the patches)."""
-    layer = kwargs.pop("vision_feature_layer", None)
-    layer = config.vision_feature_layer if layer is None else layer
-    strategy = kwargs.pop("vision_feature_select_strategy", None) or config.vision_feature_select_strategy
+def check_feature_selection(layer, strategy) -> None:
+    """What [CLS] scores need of a LLaVA-style feature selection: one layer (an int) and the
+    "default" select strategy ([CLS] dropped, its attention scoring the patches)."""
     if not isinstance(layer, int):
         raise NotImplementedError(f"vision_feature_layer={layer!r}: ada_vtp prunes one feature layer (an int)")
     if strategy != "default":
@@ -139,6 +145,15 @@ def feature_layer(config, kwargs: dict) -> int:
             f"vision_feature_select_strategy={strategy!r}: ada_vtp needs 'default' (the [CLS] token dropped, "
             "its attention scoring the patches)"
         )
+
+
+def feature_layer(config, kwargs: dict) -> int:
+    """The ``vision_feature_layer`` of a LLaVA-style call (popped from kwargs, else the config's),
+    checked by `check_feature_selection`."""
+    layer = kwargs.pop("vision_feature_layer", None)
+    layer = config.vision_feature_layer if layer is None else layer
+    strategy = kwargs.pop("vision_feature_select_strategy", None) or config.vision_feature_select_strategy
+    check_feature_selection(layer, strategy)
     return layer
 
 
