@@ -1,5 +1,5 @@
-"""Prefill FLOPs of the language model of LLaVA-1.5-7B/13B, LLaVA-NeXT-7B and Qwen2.5-VL-7B for K visual
-tokens kept per image, computed from the models' published configs (no model is loaded).
+"""Prefill FLOPs of the language model of LLaVA-1.5-7B/13B, LLaVA-NeXT-7B, Qwen2.5-VL-7B and Qwen3-VL-8B for K
+visual tokens kept per image, computed from the models' published configs (no model is loaded).
 
     python benchmarks/flops.py [--model NAME] [--keep K ...] [--text-tokens T] [--convention {fastv,dense}]
                                [--csv PATH]
@@ -43,6 +43,9 @@ Visual tokens per image, "full": LLaVA-1.5: 576 (24 x 24 patches of a 336-px ima
 exact count depends on the image: for 672 x 672 it adds one newline token per feature row (2928), and for
 non-square images it unpads rows or columns.  Qwen2.5-VL: resolution-dependent, (H/28) * (W/28) after the
 2 x 2 merger; the default 1296 is a 1008 x 1008 image ((1008/14/2)^2); pass any N to `prefill_flops`.
+Qwen3-VL: likewise, with 16-px patches, (H/32) * (W/32); the default 1024 is a 1024 x 1024 image ((1024/16/2)^2).
+Its DeepStack additions (visual features added to the visual positions of the first layers) are element-wise
+and not counted.
 """
 
 import argparse
@@ -87,6 +90,11 @@ class ModelConfig:
 # 3584 / 18944 / 28 layers / 28 heads / 4 KV heads, vocab 152064.  Checked against copies of these configs on
 # huggingface.co (quantized and fine-tuned derivatives that name the repo as their source; for the 13B,
 # liuhaotian/llava-v1.5-13b and llava-hf/llava-v1.6-vicuna-13b-hf), not against the repos themselves.
+# Qwen3-VL-8B-Instruct: text_config 4096 / 12288 / 36 layers / 32 heads / 8 KV heads (head_dim 128 = 4096 / 32),
+# vocab 151936, the Qwen3-8B language model's shape.  transformers' Qwen3VLTextConfig defaults (5.25) are not
+# this checkpoint's (4096 / 22016 / 32 / 32 / 32); only its vocab 151936 and head_dim 128 agree.  Not checked
+# against the hub repo's config.json (no network here): taken from the issue, consistent with Qwen3-8B's
+# published shape.
 MODELS = {
     "llava-1.5-7b": ModelConfig("llava-hf/llava-1.5-7b-hf", hidden=4096, intermediate=11008, layers=32, heads=32,
                                 kv_heads=32, vocab=32064, full_visual_tokens=576),
@@ -96,6 +104,8 @@ MODELS = {
                                  heads=32, kv_heads=32, vocab=32064, full_visual_tokens=2880),
     "qwen2.5-vl-7b": ModelConfig("Qwen/Qwen2.5-VL-7B-Instruct", hidden=3584, intermediate=18944, layers=28,
                                  heads=28, kv_heads=4, vocab=152064, full_visual_tokens=1296),
+    "qwen3-vl-8b": ModelConfig("Qwen/Qwen3-VL-8B-Instruct", hidden=4096, intermediate=12288, layers=36, heads=32,
+                               kv_heads=8, vocab=151936, full_visual_tokens=1024),
 }
 
 

@@ -115,6 +115,15 @@ def test_settings_are_validated(settings, message):
         settings_of(SimpleNamespace(ada_vtp=settings))
 
 
+def test_instruction_relevance_is_refused():
+    from types import SimpleNamespace
+
+    from ada_vtp_kernels.integrations.vllm import settings_of
+
+    with pytest.raises(NotImplementedError, match="relevance='lm': the vLLM plugin does not compute"):
+        settings_of(SimpleNamespace(ada_vtp={"keep": 8, "method": "dpp", "relevance": "lm"}))
+
+
 def test_plugin_refuses_other_vllm_releases(monkeypatch):
     from ada_vtp_kernels.integrations import vllm as plugin
 

@@ -8,9 +8,11 @@
 Supported (``config.model_type`` -> the module that patches it, each documenting its choices):
 ``"llava"`` (LLaVA-1.5, ``LlavaForConditionalGeneration``) -> `llava`; ``"llava_next"``
 (``LlavaNextForConditionalGeneration``) -> `llava_next`; ``"qwen2_5_vl"``
-(``Qwen2_5_VLForConditionalGeneration``) -> `qwen2_5_vl`.  Each module has ``apply(model, settings)``
-and ``remove(model)``.  For the original LLaVA code base (haotian-liu/LLaVA), `prune_image_features`
-is a function-level hook (README shows the lines to change in ``encode_images``).
+(``Qwen2_5_VLForConditionalGeneration``) -> `qwen2_5_vl`; ``"qwen3_vl"``
+(``Qwen3VLForConditionalGeneration``) and ``"qwen3_vl_moe"`` (``Qwen3VLMoeForConditionalGeneration``)
+-> `qwen3_vl`.  Each module has ``apply(model, settings)`` and ``remove(model)``.  For the original
+LLaVA code base (haotian-liu/LLaVA), `prune_image_features` is a function-level hook (README shows the
+lines to change in ``encode_images``).
 """
 
 import importlib
@@ -22,7 +24,10 @@ from .. import functional, spec
 from ._common import Settings
 
 # config.model_type -> the module that patches it
-_MODULES = {"llava": "llava", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}
+_MODULES = {"llava": "llava", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl",
+            "qwen3_vl_moe": "qwen3_vl"}
+
+_RELEVANCE_MODULES = ("llava", "llava_next")  # the modules that compute apply_ada_vtp's relevance=
 
 
 def _patcher(model: nn.Module):
@@ -38,23 +43,44 @@ def _patcher(model: nn.Module):
 
 
 def apply_ada_vtp(model: nn.Module, keep: int, method: str = spec.DEFAULTS.method, *, backend: str = "auto",
+                  relevance: str | None = None, clip: nn.Module | None = None, clip_tokenizer=None, tokenizer=None,
                   **params) -> nn.Module:
     """Patch ``model`` (in place) so that its ``forward`` and ``generate`` run the language model on
-    ``keep`` visual tokens per image, selected by ``method``.  K, the method, its parameters and the
-    backend are validated here, before any call.
+    ``keep`` visual tokens per image, selected by ``method``.  K, the method, its parameters, the
+    backend and the relevance are validated here, before any call.
 
     Args:
         model: a supported transformers model (see the module docstring).
         keep: K, tokens kept per image, 1 <= K <= the image's token count.
         method: a method of `ada_vtp_kernels.spec.METHODS`.
         backend: as `functional.prune`'s.
+        relevance: ``method="dpp"`` only, LLaVA-1.5 and LLaVA-NeXT only (`llava` documents both):
+            None (default): r = 1, an unconditional DPP;
+            ``"clip_text"``: CDPruner's instruction relevance as published: minus the mean CLIP
+            cosine between each token and the question's 77-token segments, so the tokens LEAST
+            similar to the text get the HIGHEST relevance; the question is ``query=`` given to
+            ``generate``/``forward`` (a string, or one per prompt row), else the prompt row's text
+            decoded with ``tokenizer``;
+            ``"lm"``: MMTok's: the cosine between each projected token and the language model's
+            input embeddings of the prompt row's text tokens (no extra model, not negated).
+            Both min-max normalised per prompt row.
+        clip: ``"clip_text"``: a ``transformers.CLIPModel`` whose vision tower is the VLM's (e.g.
+            openai/clip-vit-large-patch14-336 for LLaVA-1.5); its text_model, text_projection and
+            visual_projection are read (``del clip.vision_model`` frees the rest).
+        clip_tokenizer: ``"clip_text"``: its CLIP tokenizer.
+        tokenizer: ``"clip_text"``, optional: the VLM's tokenizer or processor (``decode``), for
+            calls without ``query=``.
         **params: the method parameters (`spec.PruneParams`: tau_max, erank_ref, ...).
 
     Returns:
         ``model`` itself.  `last_prune_result` gives the latest selection (indices, erank, entropy).
     """
     module = _patcher(model)
-    settings = Settings.of(keep, method, backend, **params)
+    settings = Settings.of(keep, method, backend, relevance=relevance, clip=clip, clip_tokenizer=clip_tokenizer,
+                           tokenizer=tokenizer, **params)
+    if relevance is not None and module.__name__.rsplit(".", 1)[1] not in _RELEVANCE_MODULES:
+        raise NotImplementedError(f"relevance={relevance!r} is implemented for model types "
+                                  f"{', '.join(_RELEVANCE_MODULES)}; not for {model.config.model_type!r}")
     if hasattr(model, "_ada_vtp"):
         raise RuntimeError("apply_ada_vtp was already applied to this model; call remove_ada_vtp first")
     module.apply(model, settings)

@@ -8,38 +8,90 @@ would materialise every [T, T] attention map of every block and head to expose o
 
 import functools
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from .. import functional, spec
 
+RELEVANCE = ("clip_text", "lm")  # the instruction relevances of ``apply_ada_vtp(..., relevance=...)``
+# the methods whose selection reads a per-token relevance (the kernel diag(r) S diag(r))
+RELEVANCE_METHODS = tuple(m.name for m in spec.METHODS.values() if m.selection == spec.Selection.DPP)
+
 
 @dataclass(frozen=True)
 class Settings:
-    """What `apply_ada_vtp` was called with, validated: K, the method and its parameters, the backend."""
+    """What `apply_ada_vtp` was called with, validated: K, the method and its parameters, the backend,
+    and the instruction relevance with the parts it reads (`Settings.of` documents them)."""
 
     keep: int
     params: spec.PruneParams
     backend: str = "auto"
+    relevance: str | None = None
+    clip: nn.Module | None = field(default=None, repr=False)
+    clip_tokenizer: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, keep: int, method: str = spec.DEFAULTS.method, backend: str = "auto", **params) -> "Settings":
+    def of(cls, keep: int, method: str = spec.DEFAULTS.method, backend: str = "auto", *,
+           relevance: str | None = None, clip: nn.Module | None = None, clip_tokenizer: Any = None,
+           tokenizer: Any = None, **params) -> "Settings":
         """Validated settings: K an int >= 1, a known backend, the method and its parameters as
         `spec.PruneParams.of` checks them (what each image's token count bounds K by is checked
-        where the count is known)."""
+        where the count is known), and the relevance:
+
+        - ``relevance``: None (r = 1), ``"clip_text"`` or ``"lm"``, only with a method whose
+          selection reads it (`RELEVANCE_METHODS`: ``"dpp"``);
+        - ``clip``, ``clip_tokenizer``: ``"clip_text"`` only, and required there: a
+          ``transformers.CLIPModel`` (its ``text_model``, ``text_projection`` and
+          ``visual_projection`` are read) and its CLIP tokenizer;
+        - ``tokenizer``: ``"clip_text"`` only, optional: the VLM's tokenizer (anything with
+          ``decode``), for prompts called without ``query=``.
+        """
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep = {keep!r}; expected an int >= 1")
         functional._check_backend(backend)  # the name only: the device is not known yet
-        return cls(keep, spec.PruneParams.of(method, **params), backend)
+        prune_params = spec.PruneParams.of(method, **params)
+        if relevance is not None and (not isinstance(relevance, str) or relevance not in RELEVANCE):
+            raise ValueError(f"relevance={relevance!r}; expected None, {' or '.join(map(repr, RELEVANCE))}")
+        if relevance is not None and method not in RELEVANCE_METHODS:
+            raise ValueError(f"relevance={relevance!r} needs a method that reads a relevance "
+                             f"({', '.join(map(repr, RELEVANCE_METHODS))}); got method={method!r}")
+        given = {"clip": clip, "clip_tokenizer": clip_tokenizer, "tokenizer": tokenizer}
+        if relevance != "clip_text":
+            extra = [name for name, value in given.items() if value is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} given with relevance={relevance!r}; they are read only with "
+                                 "relevance='clip_text'")
+        else:
+            missing = [name for name in ("clip", "clip_tokenizer") if given[name] is None]
+            parts = ("text_model", "text_projection", "visual_projection")
+            if clip is not None and not all(hasattr(clip, part) for part in parts):
+                raise TypeError(f"clip = a {type(clip).__name__}; expected a transformers CLIPModel (with "
+                                f"{', '.join(parts)})")
+            if missing:
+                raise ValueError(f"relevance='clip_text' needs {' and '.join(missing)}: clip= a transformers "
+                                 "CLIPModel (its text_model, text_projection, visual_projection) and clip_tokenizer= "
+                                 "its CLIP tokenizer (LLaVA checkpoints hold no CLIP text tower)")
+            if tokenizer is not None and not hasattr(tokenizer, "decode"):
+                raise TypeError(f"tokenizer = a {type(tokenizer).__name__}; expected the model's tokenizer (or "
+                                "processor), with decode")
+        return cls(keep, prune_params, backend, relevance, clip, clip_tokenizer, tokenizer)
 
-    def prune(self, features: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor | None = None
-              ) -> spec.PruneResult:
+    def prune(self, features: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor | None = None,
+              relevance: torch.Tensor | None = None) -> spec.PruneResult:
         """`functional.prune` of the vision features with these settings (the selection is not
-        differentiable: it reads detached features, and the kept features keep their gradient)."""
+        differentiable: it reads detached features, and the kept features keep their gradient).
+        ``relevance`` [B, N]: the instruction relevance, required when the settings ask for one (a
+        caller that cannot compute it fails here rather than prune unconditionally)."""
+        if self.relevance is not None and relevance is None:
+            raise NotImplementedError(f"relevance={self.relevance!r} is set but this caller computes no relevance "
+                                      "(only the HF LLaVA-1.5 and LLaVA-NeXT integrations do)")
         return functional.prune(features.detach(), scores.detach(), self.keep, self.params.method, lengths=lengths,
-                                backend=self.backend, **self.params.as_dict())
+                                relevance=None if relevance is None else relevance.detach(), backend=self.backend,
+                                **self.params.as_dict())
 
 
 def _attention_of(block: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -106,6 +158,14 @@ def image_token_keep_mask(input_ids: torch.Tensor, image_token_id: int, run_leng
     offset = order - starts[image]
     keep = ~flat | (offset < keep_lengths.to(offset.device)[image])
     return keep.view_as(input_ids)
+
+
+def image_rows(input_ids: torch.Tensor, image_token_id: int, run_lengths: torch.Tensor) -> torch.Tensor:
+    """[I] the row of ``input_ids`` whose placeholders image i fills (images in order, row by row,
+    image i taking run_lengths[i] consecutive placeholders, as `image_token_keep_mask` reads them)."""
+    per_row = torch.cumsum((input_ids == image_token_id).sum(dim=1), 0)
+    starts = torch.cumsum(run_lengths, 0) - run_lengths
+    return torch.searchsorted(per_row, starts.to(per_row.device), right=True)
 
 
 def shrink_rows(keep: torch.Tensor, tensors: dict[str, torch.Tensor], pad_values: dict[str, int],

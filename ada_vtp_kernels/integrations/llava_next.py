@@ -45,9 +45,20 @@ everything else through):
    N_i + r_i placeholders in ``input_ids`` (and ``attention_mask``, ``labels``) shrunk to K + r_i,
    rows re-padded on their padding side; position ids follow from the shrunk mask as usual.
 
+Instruction relevance (``method="dpp"``, ``relevance="clip_text"`` or ``"lm"``): as in the
+LLaVA-1.5 patch (`llava.instruction_relevance` documents both), computed on each image's pool (the
+same candidates step 3 prunes: ``"clip_text"`` reads their feature-layer states through the
+tower's ``post_layernorm``, ``"lm"`` their projector output) and min-max normalised over all tokens
+of all pools of one prompt row at once.  CDPruner normalises over every tile it encodes, the
+letterbox tokens that unpadding cuts included; those are never candidates here, so they do not
+set the range.
+
 `last_prune_result` gives indices [I, K] into each image's pool (0 .. h·w − 1: the base view;
 h·w + row·c_i + column: the unpadded grid).
 """
+
+import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,7 +67,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 
 from .. import functional, spec
 from ._common import Settings, feature_layer, image_token_keep_mask, install, take_inputs, uninstall, with_pruned_images
-from .llava import vision_features_and_scores
+from .llava import check_relevance_parts, instruction_relevance, take_query, vision_features_and_scores
 
 NEWLINE = -1  # a newline slot in `packed_layouts`
 
@@ -132,7 +143,9 @@ def with_newlines(kept: torch.Tensor, indices: torch.Tensor, layout: torch.Tenso
 
 
 def pruned_sequences(settings: Settings, features: torch.Tensor, scores: torch.Tensor, layouts: list[torch.Tensor],
-                     projector: nn.Module, newline: torch.Tensor) -> tuple[list[torch.Tensor], spec.PruneResult]:
+                     projector: nn.Module, newline: torch.Tensor,
+                     relevance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                     ) -> tuple[list[torch.Tensor], spec.PruneResult]:
     """Steps 2-4 above, shared with the vLLM plugin (`ada_vtp_kernels.integrations.vllm.llava_next`)
     so that both prune alike: each image's pool, one batched ragged prune, the projector on the
     kept tokens, every row's newline.
@@ -144,6 +157,8 @@ def pruned_sequences(settings: Settings, features: torch.Tensor, scores: torch.T
         layouts: per image its packed layout [N_i + r_i] (`packed_layouts`, or the vLLM model's own).
         projector: the multimodal projector (per token, C -> D).
         newline: [D] the ``image_newline`` embedding.
+        relevance: with ``settings.relevance``: (pool features [I, max N_i, C], lengths [I]) ->
+            relevance [I, max N_i] of the pools' tokens (the HF patch's `llava.instruction_relevance`).
 
     Returns:
         (per image its sequence [K + r_i, D], the prune result: indices [I, K] into each pool).
@@ -159,14 +174,19 @@ def pruned_sequences(settings: Settings, features: torch.Tensor, scores: torch.T
     index = pad_sequence(pools, batch_first=True).to(features.device)  # [I, max N_i], padded with token 0
     pool_features = features.flatten(0, 1)[index]  # [I, max N_i, C]
     pool_scores = scores.flatten()[index]
+    pool_lengths = torch.tensor(lengths, device=features.device)
     # the selection is not differentiable; the kept features keep their gradient (training)
-    result = settings.prune(pool_features, pool_scores, torch.tensor(lengths, device=features.device))
+    if relevance is None:
+        result = settings.prune(pool_features, pool_scores, pool_lengths)
+    else:
+        result = settings.prune(pool_features, pool_scores, pool_lengths,
+                                relevance=relevance(pool_features, pool_lengths))
     kept = projector(functional.gather(pool_features, result.indices))  # [I, K, D]
     sequences = [with_newlines(kept[i], result.indices[i], layout, newline) for i, layout in enumerate(layouts)]
     return sequences, result
 
 
-def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict
+def _pruned_image_features(model, pixel_values: torch.Tensor, query, kwargs: dict
                            ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """(per image the pruned sequence [K + r_i, D], placeholders per image N_i + r_i, K + r_i)."""
     config = model.config
@@ -178,22 +198,28 @@ def _pruned_image_features(model, pixel_values: torch.Tensor, kwargs: dict
     tiles, counts = image_tiles(config, pixel_values, image_sizes)
     features, scores = vision_features_and_scores(inner.vision_tower, tiles, layer)  # [T, h·w, C], [T, h·w]
     layouts = packed_layouts(inner, counts, image_sizes, features.shape[1])
-    sequences, result = pruned_sequences(model._ada_vtp, features, scores, layouts, inner.multi_modal_projector,
-                                         inner.image_newline)
-    model._ada_vtp_last = result
     runs = torch.tensor([len(layout) for layout in layouts])
+    relevance = None
+    if model._ada_vtp.relevance is not None:  # of the pools: (pool features, lengths) -> [I, max N_i]
+        input_ids = kwargs["input_ids"]
+        relevance = functools.partial(instruction_relevance, model, query, runs=runs.to(input_ids.device),
+                                      input_ids=input_ids, attention_mask=kwargs.get("attention_mask"))
+    sequences, result = pruned_sequences(model._ada_vtp, features, scores, layouts, inner.multi_modal_projector,
+                                         inner.image_newline, relevance)
+    model._ada_vtp_last = result
     return sequences, runs, torch.tensor([len(sequence) for sequence in sequences])
 
 
 def _shrunk_inputs(model, kwargs: dict) -> dict:
     """kwargs with pixel_values replaced by pruned mm_encoder_outputs and the image runs shrunk."""
     pixel_values, input_ids = take_inputs(kwargs)
-    features, runs, kept = _pruned_image_features(model, pixel_values, kwargs)
+    features, runs, kept = _pruned_image_features(model, pixel_values, take_query(model._ada_vtp, kwargs), kwargs)
     keep = image_token_keep_mask(input_ids, model.config.image_token_id, runs.to(input_ids.device), kept)
     return with_pruned_images(model, kwargs, keep, features)
 
 
 def apply(model: nn.Module, settings: Settings) -> None:
+    check_relevance_parts(model, settings)
     install(model, settings, _shrunk_inputs, _shrunk_inputs)
 
 

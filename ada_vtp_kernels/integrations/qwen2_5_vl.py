@@ -43,6 +43,7 @@ with new images (the cached sequence was shrunk, so ``input_ids`` no longer line
 """
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -66,7 +67,8 @@ def received_attention(block: nn.Module, hidden_in: torch.Tensor, cu_seqlens: to
     over heads, without materialising the attention map.
 
     Args:
-        block: a ``Qwen2_5_VLVisionBlock`` (``norm1``, ``attn.qkv``, rotary q/k).
+        block: a ``Qwen2_5_VLVisionBlock`` (``norm1``, ``attn.qkv``, rotary q/k), or a
+            ``Qwen3VLVisionBlock``: the same layout and rotary application.
         hidden_in: [T, C] the block's input, all images packed (in the tower's window order).
         cu_seqlens: [S + 1] int, the block's attention segments (images for a full-attention block,
             windows otherwise); a query attends to the keys of its own segment only.
@@ -104,16 +106,65 @@ def merged_token_scores(visual: nn.Module, received: torch.Tensor, grid_thw: tor
         grid_thw: [I, 3] the images' patch grids.
 
     Returns:
-        I tensors [N_i] float32 in the merged tokens' raster order (the order of the merger output
-        and of the placeholders), N_i = t·h·w / spatial_merge_size²: the sum over each token's
-        patches, divided by the image's patch count, so that each image's scores sum to 1.
+        `image_scores` of the merged tokens, put back from window order into raster order (the
+        order of the merger output and of the placeholders).
     """
     window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=visual.spatial_merge_size,
                                               window_size=visual.window_size, patch_size=visual.patch_size)
     merged = received.view(-1, visual.spatial_merge_unit).sum(dim=1)[torch.argsort(window_index.to(received.device))]
+    return image_scores(merged, grid_thw, visual.spatial_merge_unit)
+
+
+def image_scores(merged: torch.Tensor, grid_thw: torch.Tensor, merge_unit: int) -> list[torch.Tensor]:
+    """Each image's merged-token scores, normalised.
+
+    Args:
+        merged: [Σ N_i] float32, each merged token's summed `received_attention` (the sum over its
+            merge_unit patches), the images' tokens in order.
+        grid_thw: [I, 3] the images' patch grids.
+        merge_unit: patches per merged token (spatial_merge_size²).
+
+    Returns:
+        I tensors [N_i] float32, N_i = t·h·w / merge_unit: the sums divided by the image's patch
+        count, so that each image's scores sum to 1.
+    """
     patches = grid_thw.prod(dim=-1).tolist()
-    sizes = [n // visual.spatial_merge_unit for n in patches]
-    return [s / n for s, n in zip(torch.split(merged, sizes), patches)]
+    return [s / n for s, n in zip(torch.split(merged, [n // merge_unit for n in patches]), patches)]
+
+
+def encode_with_received_attention(inner: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor,
+                                   chunk_elements: int = SCORE_CHUNK_ELEMENTS
+                                   ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+    """One forward of the vision tower and the attention each patch receives in its last block.
+
+    Args:
+        inner: ``model.model`` (a ``Qwen2_5_VLModel``, or any model whose ``visual.blocks[-1]`` is
+            called as ``block(hidden_states, cu_seqlens=..., position_embeddings=...)`` and reads
+            as `received_attention` expects: Qwen3-VL's too).
+        pixel_values: [T, C·temporal_patch·patch²] the processor's flattened patches.
+        grid_thw: [I, 3] each image's (t, h, w) patch grid.
+        chunk_elements: see `received_attention`.
+
+    Returns:
+        (``get_image_features``' output, per-image ``pooler_output``; [T] float32 `received_attention`
+        in the order the last block sees the patches).
+    """
+    last = inner.visual.blocks[-1]
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen.update(hidden=args[0] if args else kwargs["hidden_states"], cu_seqlens=kwargs["cu_seqlens"],
+                    position_embeddings=kwargs["position_embeddings"])
+
+    handle = last.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        output = inner.get_image_features(pixel_values, grid_thw, return_dict=True)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        received = received_attention(last, seen["hidden"], seen["cu_seqlens"], seen["position_embeddings"],
+                                      chunk_elements)
+    return output, received
 
 
 def image_features_and_scores(inner: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor,
@@ -130,23 +181,8 @@ def image_features_and_scores(inner: nn.Module, pixel_values: torch.Tensor, grid
     Returns:
         (I tensors [N_i, D] the merger output, I tensors [N_i] float32 scores).
     """
-    visual = inner.visual
-    last = visual.blocks[-1]
-    seen = {}
-
-    def record(module, args, kwargs):
-        seen.update(hidden=args[0] if args else kwargs["hidden_states"], cu_seqlens=kwargs["cu_seqlens"],
-                    position_embeddings=kwargs["position_embeddings"])
-
-    handle = last.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        features = inner.get_image_features(pixel_values, grid_thw, return_dict=True).pooler_output
-    finally:
-        handle.remove()
-    with torch.no_grad():
-        received = received_attention(last, seen["hidden"], seen["cu_seqlens"], seen["position_embeddings"],
-                                      chunk_elements)
-    return list(features), merged_token_scores(visual, received, grid_thw)
+    output, received = encode_with_received_attention(inner, pixel_values, grid_thw, chunk_elements)
+    return list(output.pooler_output), merged_token_scores(inner.visual, received, grid_thw)
 
 
 def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -154,17 +190,29 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
 
 
-def _pruned_image_features(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor, lengths: torch.Tensor
-                           ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(the I kept [K, D] feature blocks, the [I, K] kept indices); ``lengths`` [I] the token counts
-    N_i, so that images of different sizes are pruned in one call."""
-    settings = model._ada_vtp
-    features, scores = image_features_and_scores(model.model, pixel_values, grid_thw)
+def select_tokens(model, features: list[torch.Tensor], scores: list[torch.Tensor], lengths: torch.Tensor
+                  ) -> torch.Tensor:
+    """The [I, K] kept indices of the I images: one `Settings.prune` over the padded features and
+    scores, ``lengths`` [I] the token counts N_i, so that images of different sizes are pruned in
+    one call.  The result is recorded for `last_prune_result`."""
     padded = _pad(features)
-    # the selection is not differentiable; the kept features keep their gradient (training)
-    result = settings.prune(padded, _pad(scores), lengths.to(padded.device))
+    result = model._ada_vtp.prune(padded, _pad(scores), lengths.to(padded.device))
     model._ada_vtp_last = result
-    return list(functional.gather(padded, result.indices)), result.indices
+    return result.indices
+
+
+def kept_tokens(rows: list[torch.Tensor], indices: torch.Tensor) -> list[torch.Tensor]:
+    """I tensors [K, D]: image i's rows [N_i, D] at indices[i] (the kept features keep their
+    gradient; the selection is not differentiable)."""
+    return list(functional.gather(_pad(rows), indices))
+
+
+def _pruned_image_outputs(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor, lengths: torch.Tensor
+                          ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+    """(the kept [K, D] feature blocks as ``mm_encoder_outputs["image"]``, the [I, K] kept indices)."""
+    features, scores = image_features_and_scores(model.model, pixel_values, grid_thw)
+    indices = select_tokens(model, features, scores, lengths)
+    return BaseModelOutputWithPooling(pooler_output=kept_tokens(features, indices)), indices
 
 
 def _selected_token_mask(input_ids: torch.Tensor, image_token_id: int, indices: torch.Tensor,
@@ -186,10 +234,12 @@ def _selected_token_mask(input_ids: torch.Tensor, image_token_id: int, indices: 
     return keep.view_as(input_ids)
 
 
-def _shrunk_inputs(model, kwargs: dict, text_row: bool) -> dict:
+def shrunk_inputs(model, kwargs: dict, text_row: bool, pruned_images: Callable = _pruned_image_outputs) -> dict:
     """kwargs with pixel_values replaced by pruned mm_encoder_outputs, the image runs shrunk and the
     kept tokens' original positions passed as position_ids ([4, B, L'] with ``text_row``, the
-    layout generate uses, else [3, B, L'] as forward computes it)."""
+    layout generate uses, else [3, B, L'] as forward computes it).  ``pruned_images(model,
+    pixel_values, image_grid_thw, lengths)`` returns (``mm_encoder_outputs["image"]``, the [I, K]
+    kept indices): the one step that differs between Qwen2.5-VL and Qwen3-VL (DeepStack)."""
     pixel_values = kwargs.pop("pixel_values")
     grid_thw = kwargs.pop("image_grid_thw", None)
     if grid_thw is None:
@@ -221,7 +271,7 @@ def _shrunk_inputs(model, kwargs: dict, text_row: bool) -> dict:
     inner = model.model
     positions, deltas = inner.get_rope_index(input_ids, token_types, image_grid_thw=grid_thw,
                                              attention_mask=attention_mask)  # [3, B, L], [B, 1]
-    features, indices = _pruned_image_features(model, pixel_values, grid_thw, lengths)
+    image_outputs, indices = pruned_images(model, pixel_values, grid_thw, lengths)
     keep = _selected_token_mask(input_ids, config.image_token_id, indices, lengths)
     keep &= attention_mask.bool()  # padding is rebuilt for the new lengths
     tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": token_types,
@@ -238,15 +288,14 @@ def _shrunk_inputs(model, kwargs: dict, text_row: bool) -> dict:
         position_ids = torch.cat([text[None], position_ids])
     # next position minus the token count, per row: what decoding with a cache adds to its count
     inner.rope_deltas = deltas + (attention_mask.sum(dim=1) - mask.sum(dim=1))[:, None]
-    kwargs.update(shrunk, position_ids=position_ids,
-                  mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)})
+    kwargs.update(shrunk, position_ids=position_ids, mm_encoder_outputs={"image": image_outputs})
     return kwargs
 
 
 def apply(model: nn.Module, settings: Settings) -> None:
     # forward gets the three mRoPE rows; generate also the text row it splits off for the decoder
-    install(model, settings, functools.partial(_shrunk_inputs, text_row=False),
-            functools.partial(_shrunk_inputs, text_row=True))
+    install(model, settings, functools.partial(shrunk_inputs, text_row=False),
+            functools.partial(shrunk_inputs, text_row=True))
 
 
 remove = uninstall

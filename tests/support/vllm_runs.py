@@ -62,8 +62,8 @@ def record_selections(monkeypatch) -> Selections:
     seen = Selections()
     prune = _common.Settings.prune
 
-    def recording(self, features, scores, lengths=None):
-        result = prune(self, features, scores, lengths)
+    def recording(self, features, scores, lengths=None, relevance=None):
+        result = prune(self, features, scores, lengths, relevance)
         seen.calls.append((features.detach().clone(), scores.detach().clone(),
                            None if lengths is None else lengths.clone(), result))
         return result

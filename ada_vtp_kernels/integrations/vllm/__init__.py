@@ -76,7 +76,11 @@ def settings_of(hf_config) -> Settings | None:
     if not isinstance(raw, dict) or "keep" not in raw:
         raise ValueError(f"hf_overrides[{CONFIG_KEY!r}] = {raw!r}; expected a dict with 'keep' and optionally "
                          "'method', 'backend' and the method's parameters, e.g. {'keep': 64, 'method': 'agile'}")
-    return Settings.of(**raw)
+    settings = Settings.of(**raw)
+    if settings.relevance is not None:
+        raise NotImplementedError(f"relevance={settings.relevance!r}: the vLLM plugin does not compute an instruction "
+                                  "relevance yet (dpp runs with r = 1 without it); the HF integration does")
+    return settings
 
 
 def check_keep(keep: int, tokens: int) -> None:
