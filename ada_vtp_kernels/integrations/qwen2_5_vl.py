@@ -84,17 +84,35 @@ def received_attention(block: nn.Module, hidden_in: torch.Tensor, cu_seqlens: to
     heads = attention.num_heads
     qkv = attention.qkv(block.norm1(hidden_in)).reshape(tokens, 3, heads, -1).permute(1, 0, 2, 3)
     q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], *position_embeddings)
-    q, k = q.float().transpose(0, 1), k.float().transpose(0, 1)  # [H, T, hd]
-    received = torch.zeros(tokens, dtype=torch.float32, device=hidden_in.device)
+    return received_by_segment(q.float().transpose(0, 1), k.float().transpose(0, 1), cu_seqlens, attention.scaling,
+                               chunk_elements) / heads
+
+
+def received_by_segment(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
+                        chunk_elements: int = SCORE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """The attention each key receives, summed over the heads given and over the queries of its
+    segment, one chunk of queries at a time (no [T, T] map).
+
+    Args:
+        q, k: [H, T, hd] float32, rotary embeddings applied.
+        cu_seqlens: [S + 1] int, the attention segments; a query attends to its own segment's keys.
+        scale: the softmax scale.
+        chunk_elements: heads × queries × segment keys per softmax chunk (a memory bound).
+
+    Returns:
+        [T] float32: sum over the H heads and the queries q of k's segment of softmax(q kᵀ · scale)[q, k].
+    """
+    heads, tokens, _ = q.shape
+    received = torch.zeros(tokens, dtype=torch.float32, device=q.device)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         keys = k[:, start:end]
         chunk = max(1, chunk_elements // (heads * (end - start)))
         for first in range(start, end, chunk):
-            probs = torch.softmax((q[:, first:min(first + chunk, end)] @ keys.transpose(-1, -2)) * attention.scaling,
+            probs = torch.softmax((q[:, first:min(first + chunk, end)] @ keys.transpose(-1, -2)) * scale,
                                   dim=-1)  # [H, chunk, segment]
             received[start:end] += probs.sum(dim=(0, 1))
-    return received / heads
+    return received
 
 
 def merged_token_scores(visual: nn.Module, received: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:

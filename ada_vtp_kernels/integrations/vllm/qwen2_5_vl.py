@@ -66,7 +66,7 @@ from vllm.platforms import current_platform
 from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
 from ... import functional
-from ..qwen2_5_vl import SCORE_CHUNK_ELEMENTS, merged_token_scores
+from ..qwen2_5_vl import SCORE_CHUNK_ELEMENTS, merged_token_scores, received_by_segment
 from . import settings_of
 
 #: each appended position column is written as two base-256 digits: integers up to 256 are exact
@@ -99,16 +99,8 @@ def received_attention(block: nn.Module, hidden_in: torch.Tensor, cu_seqlens: to
     qkv, _ = attention.qkv(block.norm1(hidden_in))  # [T, 1, 3·h·hd], [q | k | v] as vLLM's forward splits it
     qk = qkv.view(tokens, 3, heads, -1)[:, :2].permute(1, 0, 2, 3).contiguous()  # [2, T, h, hd]
     q, k = attention.apply_rotary_emb(qk, cos, sin).unbind(0)
-    q, k = q.float().transpose(0, 1), k.float().transpose(0, 1)  # [h, T, hd]
-    scale = attention.attn.scale
-    received = torch.zeros(tokens, dtype=torch.float32, device=hidden_in.device)
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        keys = k[:, start:end]
-        chunk = max(1, chunk_elements // (heads * (end - start)))
-        for first in range(start, end, chunk):
-            probs = torch.softmax((q[:, first:min(first + chunk, end)] @ keys.transpose(-1, -2)) * scale, dim=-1)
-            received[start:end] += probs.sum(dim=(0, 1))
+    received = received_by_segment(q.float().transpose(0, 1), k.float().transpose(0, 1), cu_seqlens,
+                                   attention.attn.scale, chunk_elements)
     if attention.tp_size > 1:
         received = tensor_model_parallel_all_reduce(received)
     return received / (heads * attention.tp_size)
